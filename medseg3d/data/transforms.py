@@ -1,0 +1,98 @@
+"""Recipes -> MONAI ``Compose``.
+
+One deterministic preprocessing definition serves training, validation and inference (the checkpoint carries
+the config it is built from): load -> orient -> resample -> crop to foreground -> z-score. It is invertible
+(MONAI records each spatial step on the MetaTensor), so predictions go back to the scan's own grid.
+Random patch sampling and augmentation come after the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.data import MetaTensor
+
+from ..config import Config
+from ..io.nifti import Scan, read_label, read_scan
+
+
+def nonzero(x):
+    """Foreground for cropping: any channel nonzero."""
+    return x != 0
+
+
+def scan_to_metatensor(scan: Scan) -> MetaTensor:
+    affine = torch.as_tensor(scan.affine, dtype=torch.float64)
+    meta = {"affine": affine, "original_affine": affine.clone(), "spatial_shape": np.asarray(scan.shape),
+            "filename_or_obj": scan.sources[0] if scan.sources else "array", "space": "RAS"}
+    return MetaTensor(torch.from_numpy(scan.data), meta=meta)
+
+
+class LoadCased(mt.MapTransform):
+    """Read ``image`` (list of per-channel files or one 4D file) and ``label`` with medseg3d's reader, so
+    training and inference read scans the same way."""
+
+    def __init__(self, keys: Sequence[Hashable] = ("image", "label"), channels: int | None = None,
+                 allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+        self.channels = channels
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        scan = read_scan(d["image"], channels=self.channels)
+        d["image"] = scan_to_metatensor(scan)
+        if "label" in self.keys and d.get("label"):
+            lab = read_label(d["label"], like=scan)
+            d["label"] = MetaTensor(torch.from_numpy(lab[None].astype(np.float32)), meta=dict(d["image"].meta))
+        return d
+
+
+def preprocess_transforms(cfg: Config, label_values: Sequence[int] | None = None,
+                          keys: Sequence[str] = ("image", "label")) -> list:
+    """The deterministic, invertible preprocessing (no loading). ``label_values`` (file values in class order)
+    maps labels to class indices 0..C-1 when given."""
+    p = cfg.preprocess
+    has_label = "label" in keys
+    modes = ("bilinear", "nearest") if has_label else ("bilinear",)
+    out: list = [mt.Orientationd(keys=list(keys), axcodes=p.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))]
+    if p.spacing is not None:
+        out.append(mt.Spacingd(keys=list(keys), pixdim=p.spacing, mode=modes))
+    if p.crop_foreground:
+        out.append(mt.CropForegroundd(keys=list(keys), source_key="image", select_fn=nonzero, allow_smaller=True))
+    if p.normalize != "none":
+        out.append(mt.NormalizeIntensityd(keys="image", nonzero=p.normalize == "zscore_nonzero", channel_wise=True))
+    if has_label and label_values is not None and list(label_values) != list(range(len(label_values))):
+        out.append(mt.MapLabelValued(keys="label", orig_labels=list(label_values),
+                                     target_labels=list(range(len(label_values)))))
+    out.append(mt.EnsureTyped(keys=list(keys), dtype=torch.float32))
+    return out
+
+
+def augment_transforms(cfg: Config) -> list:
+    """Random patch sampling (with foreground oversampling) and augmentation, applied after the cache."""
+    t, a = cfg.train, cfg.train.augment
+    keys = ["image", "label"]
+    out: list = [
+        mt.SpatialPadd(keys=keys, spatial_size=t.patch_size),
+        mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=t.patch_size,
+                                  pos=t.fg_oversample, neg=1.0 - t.fg_oversample, num_samples=1),
+    ]
+    if a.rotate_prob > 0 or a.scale_prob > 0:
+        out.append(mt.RandAffined(keys=keys, prob=max(a.rotate_prob, a.scale_prob),
+                                  rotate_range=[a.rotate_range] * 3 if a.rotate_prob > 0 else None,
+                                  scale_range=[a.scale_range] * 3 if a.scale_prob > 0 else None,
+                                  mode=("bilinear", "nearest"), padding_mode="zeros"))
+    if a.flip_prob > 0:
+        out += [mt.RandFlipd(keys=keys, prob=a.flip_prob, spatial_axis=ax) for ax in range(3)]
+    if a.intensity_prob > 0:
+        out += [mt.RandScaleIntensityd(keys="image", factors=0.1, prob=a.intensity_prob),
+                mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=a.intensity_prob)]
+    if a.gamma_prob > 0:
+        out.append(mt.RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=a.gamma_prob))
+    if a.noise_prob > 0:
+        out.append(mt.RandGaussianNoised(keys="image", prob=a.noise_prob, std=0.1))
+    out.append(mt.EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False))
+    return out

@@ -1,0 +1,109 @@
+"""Segmenter: a checkpoint in, label maps in each scan's own geometry out.
+
+The checkpoint carries the resolved config, channel names and label names, so nothing else is needed. The
+scan goes through the same preprocessing as training (built from that config); the network runs as a MONAI
+sliding window with gaussian blending; class probabilities are mapped back to the scan's grid by inverting
+the preprocessing (crop, resampling, reorientation), then turned into labels with the file values the
+config names.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+
+from ..config import Config, validate_config
+from ..data.transforms import preprocess_transforms, scan_to_metatensor
+from ..engine.checkpoint import load_checkpoint
+from ..engine.trainer import build_model_from_config, make_predictor, pick_device
+from ..errors import MedsegError
+from ..io.nifti import Scan, label_dtype, like_reference, read_scan
+
+ImageInput = Union[str, Path, Sequence[Union[str, Path]], nib.Nifti1Image]
+
+
+class Segmenter:
+    """Segments scans with a trained model.
+
+    >>> seg = Segmenter.from_checkpoint("runs/brats_unet3d_20260101-120000")   # doctest: +SKIP
+    >>> label_img = seg.predict("scan.nii.gz")                                 # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module, config: Config, channels: list[str], labels: dict[str, int],
+                 device: str | torch.device = "auto", source: str = "model"):
+        self.config = config
+        self.channels = list(channels)
+        self.labels = dict(labels)
+        self.device = pick_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.source = source
+        self._pre = mt.Compose(preprocess_transforms(config, keys=("image",)))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Segmenter":
+        """Load a checkpoint file or a run folder (its best.pt)."""
+        ckpt = load_checkpoint(path)
+        cfg = validate_config(ckpt["config"], source=ckpt["path"])
+        model = build_model_from_config(cfg, len(ckpt["channels"]), len(ckpt["labels"]))
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise MedsegError(f"{ckpt['path']}: weights do not fit model '{cfg.model.name}' ({str(e).splitlines()[0]})") from None
+        return cls(model, cfg, ckpt["channels"], ckpt["labels"], device=device, source=ckpt["path"])
+
+    # ---- inputs -------------------------------------------------------------------------------------------
+    def read(self, image: ImageInput) -> Scan:
+        if isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+            data = np.asarray(image.get_fdata(dtype=np.float32))
+            data = data[None] if data.ndim == 3 else np.moveaxis(data.reshape(data.shape[:3] + (-1,)), -1, 0)
+            if data.shape[0] != len(self.channels):
+                raise MedsegError(f"image has {data.shape[0]} channel(s) but the model expects {len(self.channels)} "
+                                  f"({', '.join(self.channels)})")
+            return Scan(np.ascontiguousarray(data), np.asarray(image.affine, float), image, [])
+        return read_scan(image, channels=len(self.channels))
+
+    # ---- prediction ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def probabilities(self, scan: Scan) -> np.ndarray:
+        """Class probabilities (C, X, Y, Z) on the scan's own grid."""
+        if not np.any(scan.data):
+            raise MedsegError(f"{scan.name}: the image is empty (every voxel is zero)")
+        d = self._pre({"image": scan_to_metatensor(scan)})
+        x: MetaTensor = d["image"]
+        inf, roi = self.config.infer, self.config.train.patch_size
+        logits = sliding_window_inference(x.as_tensor()[None].to(self.device), roi, inf.sw_batch_size,
+                                          make_predictor(self.model), overlap=inf.overlap, mode=inf.blend,
+                                          sw_device=self.device, device=torch.device("cpu"))
+        probs = torch.softmax(logits[0].float(), dim=0)
+        inv = self._pre.inverse({"image": MetaTensor(probs, meta=x.meta, applied_operations=x.applied_operations)})
+        out = inv["image"].as_tensor().numpy()
+        if out.shape[1:] != scan.shape:
+            raise RuntimeError(f"internal: inverted shape {out.shape[1:]} != scan shape {scan.shape}")
+        return out
+
+    def labels_from_probabilities(self, probs: np.ndarray) -> np.ndarray:
+        values = np.asarray(list(self.labels.values()))
+        return values[np.argmax(probs, axis=0)].astype(label_dtype(values))
+
+    def predict(self, image: ImageInput) -> nib.Nifti1Image:
+        """Segment one scan (path, list of per-channel paths, or nibabel image); returns a label NIfTI with the
+        scan's shape, affine and qform/sform codes."""
+        return self.predict_scan(self.read(image))
+
+    def predict_scan(self, scan: Scan) -> nib.Nifti1Image:
+        t0 = time.perf_counter()
+        labels = self.labels_from_probabilities(self.probabilities(scan))
+        self.last_runtime = time.perf_counter() - t0
+        return like_reference(labels, scan.reference, dtype=labels.dtype)
+
+    def __repr__(self) -> str:
+        return (f"Segmenter({self.config.model.name}, channels={self.channels}, labels={list(self.labels)}, "
+                f"device={self.device})")
