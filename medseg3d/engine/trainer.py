@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from monai import transforms as mt
 from monai.data import DataLoader, Dataset, PersistentDataset
-from monai.inferers import sliding_window_inference
 from monai.utils import set_determinism
 
 from ..config import Config, dump_config, load_config, parse_duration
 from ..data.datasets import DatasetInfo, load_dataset, load_splits, make_splits
 from ..data.transforms import LoadCased, augment_transforms, preprocess_transforms
 from ..errors import MedsegError
-from ..models import build_model, main_output
+from ..inference.inferer import predict_logits
+from ..models import build_model
 from .checkpoint import save_checkpoint
 from .losses import build_loss
 from .metrics import dice_per_class
@@ -63,12 +63,6 @@ def build_model_from_config(cfg: Config, in_channels: int, out_channels: int) ->
         raise MedsegError(f"model.params: {e}") from None
     except ValueError as e:
         raise MedsegError(f"model.params: {e}") from None
-
-
-def make_predictor(model: torch.nn.Module):
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return main_output(model(x))
-    return predict
 
 
 class Trainer:
@@ -228,17 +222,12 @@ class Trainer:
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, val_ds) -> list[float]:
         """Dice per foreground class over the validation cases (sliding window on the preprocessed grid)."""
-        model.eval()
-        inf = self.cfg.infer
         classes = list(range(1, len(self.class_names)))
         scores = []
         for item in val_ds:
-            x = _plain(item["image"])[None].to(self.device)
-            logits = sliding_window_inference(x, self.cfg.train.patch_size, inf.sw_batch_size, make_predictor(model),
-                                              overlap=inf.overlap, mode=inf.blend)
-            pred = logits.argmax(1)[0].cpu()
+            logits = predict_logits(model, _plain(item["image"])[None], self.cfg, self.device)
+            pred = logits.argmax(1)[0]
             scores.append(dice_per_class(pred, _plain(item["label"])[0].long(), classes))
-        model.train()
         return list(np.nanmean(np.array(scores, dtype=float), axis=0)) if scores else [float("nan")] * len(classes)
 
     def _state(self, model, opt, sched, epoch: int, iteration: int, best: float) -> dict[str, Any]:

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
 
 from ..config import Config, validate_config
 from ..data.transforms import preprocess_transforms, scan_to_metatensor
 from ..engine.checkpoint import load_checkpoint
-from ..engine.trainer import build_model_from_config, make_predictor, pick_device
+from ..engine.trainer import build_model_from_config, pick_device
 from ..errors import MedsegError
 from ..io.nifti import Scan, label_dtype, like_reference, read_scan
+from .inferer import predict_logits
 
 ImageInput = Union[str, Path, Sequence[Union[str, Path]], nib.Nifti1Image]
 
@@ -78,10 +78,7 @@ class Segmenter:
             raise MedsegError(f"{scan.name}: the image is empty (every voxel is zero)")
         d = self._pre({"image": scan_to_metatensor(scan)})
         x: MetaTensor = d["image"]
-        inf, roi = self.config.infer, self.config.train.patch_size
-        logits = sliding_window_inference(x.as_tensor()[None].to(self.device), roi, inf.sw_batch_size,
-                                          make_predictor(self.model), overlap=inf.overlap, mode=inf.blend,
-                                          sw_device=self.device, device=torch.device("cpu"))
+        logits = predict_logits(self.model, x.as_tensor()[None], self.config, self.device)
         probs = torch.softmax(logits[0].float(), dim=0)
         inv = self._pre.inverse({"image": MetaTensor(probs, meta=x.meta, applied_operations=x.applied_operations)})
         out = inv["image"].as_tensor().numpy()
