@@ -9,6 +9,8 @@ from torch import nn
 from ..registry import MODELS
 from .base import SegNet, main_output
 from . import unet  # noqa: F401  (registers)
+from . import vnet, nonewnet, segresnet_vae, fcn  # noqa: F401  (registers)
+from . import u2net3d, unetpp, multiresunet  # noqa: F401  (registers)
 
 
 def build_model(name: str, spatial_dims: int, in_channels: int, out_channels: int, **params: Any) -> nn.Module:
