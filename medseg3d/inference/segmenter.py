@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
@@ -146,7 +145,8 @@ class Segmenter:
         total, total_sq, n = 0, 0, 0
         for p in probability_passes(m.model, x.as_tensor()[None], m.config, self.device, self.tta):
             total = total + p[0]
-            total_sq = total_sq + p[0] ** 2 if second else 0
+            if second:
+                total_sq = total_sq + p[0] ** 2
             n += 1
         stacked = torch.cat([total / n, total_sq / n]) if second else total / n
         inv = m.pre.inverse({"image": MetaTensor(stacked.cpu(), meta=x.meta, applied_operations=x.applied_operations)})
