@@ -44,49 +44,135 @@ def train(
 
 @app.command()
 def infer(
-    scans: List[Path] = typer.Argument(..., help="NIfTI scans (a 4D file, or with --channels-per-case N, N files per case)"),
-    model: Path = typer.Option(..., "--model", "-m", help="checkpoint file or run folder"),
+    inputs: List[Path] = typer.Argument(..., help="scans: NIfTI, NRRD or MHA files (one multichannel file or one file "
+                                             "per channel: CASE_0000.nii.gz ..., CASE_t1ce.nii.gz ...), DICOM series "
+                                             "folders, nnU-Net folders or folders of BraTS case folders"),
+    model: List[Path] = typer.Option(..., "--model", "-m", help="checkpoint file, run folder or exported .onnx; "
+                                                              "repeat for an ensemble (probabilities averaged)"),
     output: Path = typer.Option(..., "--output", "-o", help="output folder"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="label map format: nifti, nrrd, mha or dicom-seg "
+                                                                 "(default: dicom-seg for a DICOM series, else nifti)"),
+    tta: bool = typer.Option(False, "--tta", help="test-time augmentation: average over all 8 mirrorings"),
+    save_probs: bool = typer.Option(False, "--save-probs", help="also write CASE_probs.npz (float16 probabilities)"),
+    save_uncertainty: Optional[str] = typer.Option(None, "--save-uncertainty",
+                                                   help="also write CASE_uncertainty: entropy or variance"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
     overlap: Optional[float] = typer.Option(None, help="sliding-window overlap (default: the checkpoint's)"),
     sw_batch_size: Optional[int] = typer.Option(None, "--sw-batch-size", help="windows per forward pass"),
-    preview: bool = typer.Option(True, help="also write a PNG overlay per case"),
-    channels_per_case: int = typer.Option(1, "--channels-per-case", help="consecutive files that form one case"),
+    preview: bool = typer.Option(True, help="write CASE.png: three slices with a coloured overlay"),
+    report: bool = typer.Option(True, help="write CASE.json: volumes, components, runtime, model"),
+    channels_per_case: Optional[int] = typer.Option(None, "--channels-per-case",
+                                                    help="group consecutive files into cases of N channel files"),
+    min_size_ml: Optional[float] = typer.Option(None, "--min-size-ml", help="remove components smaller than this"),
+    largest_component: Optional[bool] = typer.Option(None, "--largest-component/--no-largest-component",
+                                                     help="keep the largest component per class"),
+    fill_holes: Optional[bool] = typer.Option(None, "--fill-holes/--no-fill-holes", help="fill holes per class"),
+    relabel: Optional[str] = typer.Option(None, "--relabel", help="SOURCE:TARGET:ML, relabel a class smaller than ML "
+                                                                "(e.g. enhancing:necrotic:0.5), or 'none'"),
 ):
-    """Segment scans; each label map is written in its scan's exact geometry as OUTPUT/CASE.nii.gz."""
-    _run(_infer, scans, model, output, device, overlap, sw_batch_size, preview, channels_per_case)
+    """Segment scans; each label map is written in its scan's exact geometry into the output folder, with
+    optional probabilities, uncertainty, preview and report. Postprocessing flags override the checkpoint's
+    config."""
+    _run(_infer, inputs, model, output, fmt=fmt, tta=tta, save_probs=save_probs, uncertainty=save_uncertainty,
+         device=device, overlap=overlap, sw_batch_size=sw_batch_size, preview=preview, report=report,
+         channels_per_case=channels_per_case,
+         post={"min_component_ml": min_size_ml, "largest_component": largest_component, "fill_holes": fill_holes,
+               "relabel": relabel})
 
 
-def _infer(scans, model, output, device, overlap, sw_batch_size, preview, channels_per_case):
+def _postprocess_config(current, overrides: dict):
+    """The checkpoint's postprocess config with the command line's overrides (None = keep)."""
+    from .config import PostprocessConfig
+    from .errors import MedsegError
+
+    raw = current.model_dump()
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(raw["relabel"], str):
+        parts = raw["relabel"].split(":")
+        if raw["relabel"].lower() == "none":
+            raw["relabel"] = None
+        elif len(parts) == 3:
+            raw["relabel"] = {"source": parts[0], "target": parts[1], "below_ml": parts[2]}
+        else:
+            raise MedsegError(f"--relabel {raw['relabel']!r}: expected SOURCE:TARGET:ML, e.g. enhancing:necrotic:0.5")
+    try:
+        return PostprocessConfig.model_validate(raw)
+    except ValueError as e:
+        err = e.errors()[0]
+        raise MedsegError(f"postprocessing option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def _infer(inputs, model, output, *, fmt, tta, save_probs, uncertainty, device, overlap, sw_batch_size, preview,
+           report, channels_per_case, post):
+    import matplotlib.pyplot as plt
+
+    import medseg3d
+
     from .errors import MedsegError
     from .inference.segmenter import Segmenter
-    from .io.nifti import atomic_save, case_name
-    from .io.preview import save_preview
+    from .io.cases import collect_cases
+    from .io.preview import preview_figure
+    from .io.report import case_report, report_writer
+    from .io.scan import atomic_write_all
+    from .io.writers import FORMATS, check_format, image_writer, label_writer, probabilities_writer
 
-    if len(scans) % channels_per_case:
-        raise MedsegError(f"{len(scans)} files do not split into cases of {channels_per_case} channel files")
-    cases = [scans[i:i + channels_per_case] for i in range(0, len(scans), channels_per_case)]
-    seg = Segmenter.from_checkpoint(model, device=device)
-    if overlap is not None:
-        seg.config.infer.overlap = overlap
-    if sw_batch_size is not None:
-        seg.config.infer.sw_batch_size = sw_batch_size
-    inputs = {Path(p).resolve() for c in cases for p in c}
-    for files in cases:
-        name = case_name(files[0])
-        if channels_per_case > 1:
-            name = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
-        dest = output / f"{name}.nii.gz"
-        if dest.resolve() in inputs:
-            raise MedsegError(f"{dest}: would overwrite an input scan; choose another --output folder")
-        scan = seg.read([str(f) for f in files])
-        img = seg.predict_scan(scan)
-        atomic_save(img, dest)
-        line = f"{name}: wrote {dest} ({seg.last_runtime:.1f}s on {seg.device})"
-        if preview:
-            png = save_preview(scan, img.get_fdata().astype(int), seg.labels, output / f"{name}.png")
-            line += f", preview {png}"
-        typer.echo(line)
+    seg = Segmenter.from_checkpoint(model, device=device, tta=tta)
+    seg.configure(overlap=overlap, sw_batch_size=sw_batch_size)
+    seg.postprocess = _postprocess_config(seg.postprocess, post)
+    cases = collect_cases(inputs, seg.channels, channels_per_case)
+    protected = {p.resolve() for c in cases for p in c.inputs}
+    protected |= {f.resolve() for c in cases for p in c.inputs if p.is_dir() for f in p.iterdir()}
+    plans = []
+    for case in cases:  # every output path is known, and checked, before any work
+        case_fmt = fmt or ("dicom-seg" if case.inputs[0].is_dir() else "nifti")
+        map_ext = FORMATS.get("nifti" if case_fmt == "dicom-seg" else case_fmt, "")
+        paths = {"labels": output / f"{case.name}{FORMATS.get(case_fmt, '')}",
+                 "probs": output / f"{case.name}_probs.npz" if save_probs else None,
+                 "uncertainty": output / f"{case.name}_uncertainty{map_ext}" if uncertainty else None,
+                 "preview": output / f"{case.name}.png" if preview else None,
+                 "report": output / f"{case.name}.json" if report else None}
+        for p in paths.values():
+            if p is not None and (p.resolve() in protected or p.resolve().parent in protected):
+                raise MedsegError(f"{p}: would overwrite an input or write into an input DICOM folder; "
+                                  "choose another --output folder")
+        plans.append((case, case_fmt, paths))
+    for case, case_fmt, paths in plans:
+        scan = seg.read(case.inputs)
+        check_format(case_fmt, scan)
+        pred = seg.segment(scan, uncertainty=uncertainty)
+        writers = {paths["labels"]: label_writer(pred.labels, scan, case_fmt, seg.labels, medseg3d.__version__)}
+        if paths["probs"]:
+            writers[paths["probs"]] = probabilities_writer(pred.probabilities, scan, seg.labels)
+        if paths["uncertainty"]:
+            map_fmt = "nifti" if case_fmt == "dicom-seg" else case_fmt
+            writers[paths["uncertainty"]] = image_writer(pred.uncertainty, scan, map_fmt)
+        fig = preview_figure(scan, pred.labels, seg.labels, title=case.name) if preview else None
+        if fig is not None:
+            writers[paths["preview"]] = lambda tmp, fig=fig: fig.savefig(tmp, dpi=90)
+        if paths["report"]:
+            info = case_report(scan, pred.labels, seg.labels, runtime_s=pred.runtime_s, device=str(seg.device),
+                               model={"name": seg.config.model.name, "checkpoints": seg.sources},
+                               outputs=[str(p) for p in paths.values() if p], tta=tta, passes=pred.passes)
+            writers[paths["report"]] = report_writer(info)
+        try:
+            atomic_write_all(writers)
+        finally:
+            if fig is not None:
+                plt.close(fig)
+        typer.echo(f"{case.name}: wrote {paths['labels']} ({pred.runtime_s:.1f}s on {seg.device}"
+                   f"{f', {pred.passes} passes' if pred.passes > 1 else ''})")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="checkpoint file or run folder"),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx or torchscript"),
+    output: Path = typer.Option(..., "--output", "-o", help="file to write (.onnx or .pt)"),
+):
+    """Export the network (eval mode) to ONNX or TorchScript; the config, channels and labels go with it."""
+    from .inference.export import export_checkpoint
+
+    typer.echo(f"wrote {_run(export_checkpoint, checkpoint, fmt, output)}")
 
 
 @app.command()

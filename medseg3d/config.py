@@ -144,6 +144,22 @@ class InferConfig(_Strict):
     blend: Literal["gaussian", "constant"] = "gaussian"
 
 
+class RelabelConfig(_Strict):
+    source: str = Field("enhancing", description="class whose whole volume is checked")
+    target: str = Field("necrotic", description="class its voxels become")
+    below_ml: float = Field(gt=0, description="relabel when the source class is smaller than this (ml)")
+
+
+class PostprocessConfig(_Strict):
+    """Applied to the label map on the scan's own grid, in this order; everything is off by default."""
+
+    min_component_ml: float = Field(0.0, ge=0, description="remove connected components smaller than this (ml)")
+    largest_component: bool = Field(False, description="keep only the largest connected component of each class")
+    fill_holes: bool = Field(False, description="background enclosed by a class becomes that class")
+    relabel: Optional[RelabelConfig] = Field(
+        None, description="BraTS-style: relabel a class smaller than below_ml, e.g. enhancing -> necrotic")
+
+
 class Config(_Strict):
     name: str = "run"
     output_dir: str = Field("runs", description="run folders are created inside it")
@@ -152,6 +168,7 @@ class Config(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
 
     @model_validator(mode="after")
     def _patch_dims(self):

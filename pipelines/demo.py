@@ -15,8 +15,9 @@ import numpy as np
 
 import medseg3d
 from medseg3d.engine.metrics import dice_per_class
-from medseg3d.io.nifti import atomic_save, read_label
+from medseg3d.io.nifti import read_label
 from medseg3d.io.preview import save_preview
+from medseg3d.io.writers import write_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,11 +40,11 @@ def main() -> None:
     ref_path = REPO / "data_samples" / "labelsTs" / scan_path.name
     seg = medseg3d.Segmenter.from_checkpoint(run_dir)
     scan = seg.read(scan_path)
-    pred = seg.predict_scan(scan)
-    seg_path = atomic_save(pred, out / f"{scan.name}_seg.nii.gz")
-    labels = np.asarray(pred.dataobj)
+    pred = seg.segment(scan)
+    labels = pred.labels
+    seg_path = write_image(labels, scan, out / f"{scan.name}_seg.nii.gz")
     png = save_preview(scan, labels, seg.labels, out / f"{scan.name}_overlay.png", title=f"{scan.name}: prediction")
-    print(f"segmented {scan_path.name} in {seg.last_runtime:.1f}s -> {seg_path}, {png}")
+    print(f"segmented {scan_path.name} in {pred.runtime_s:.1f}s -> {seg_path}, {png}")
 
     ref = read_label(ref_path)
     names = [n for n, v in seg.labels.items() if v != 0]

@@ -9,53 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
+from helpers import LEVEL, make_affine, phantom, segmenter
 
-from medseg3d.config import load_config
-from medseg3d.inference.segmenter import Segmenter
 from medseg3d.io.nifti import atomic_save
-
-
-LEVEL = 120.0
-
-
-class Threshold(torch.nn.Module):
-    """logit(background) = 0, logit(foreground) = intensity - LEVEL (preprocessing leaves intensities as
-    they are): foreground = brighter than LEVEL."""
-
-    def forward(self, x):
-        return torch.cat([torch.zeros_like(x[:, :1]), x[:, :1] - LEVEL], dim=1)
-
-
-def make_affine(codes: str, spacing, oblique_deg: float = 0.0, origin=(12.0, -30.0, 7.5)) -> np.ndarray:
-    axes = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
-    a = np.zeros((4, 4))
-    for col, code in enumerate(codes):
-        row, sign = axes[code]
-        a[row, col] = sign * spacing[col]
-    if oblique_deg:
-        t = np.deg2rad(oblique_deg)
-        rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
-        a[:3, :3] = rot @ a[:3, :3]
-    a[:3, 3] = origin
-    a[3, 3] = 1
-    return a
-
-
-def phantom(shape) -> np.ndarray:
-    """A smooth, asymmetric object inside a zero background (so a flip or shift would show)."""
-    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    r = np.sqrt((grids[0] - 0.2) ** 2 + (grids[1] + 0.1) ** 2 + (grids[2] / 1.2) ** 2)
-    img = np.where(r < 0.9, 100 + 80 * np.cos(3 * grids[0]) + 40 * grids[1] + 30 * grids[2], 0)
-    return img.astype(np.float32)
-
-
-def segmenter(spacing=(1.5, 1.5, 1.5)) -> Segmenter:
-    cfg = load_config({"data": {"root": "."}, "preprocess": {"spacing": list(spacing) if spacing else None,
-                                                             "normalize": "none"},
-                       "train": {"patch_size": [32, 32, 32]}, "infer": {"overlap": 0.25}})
-    return Segmenter(Threshold(), cfg, ["T1"], {"background": 0, "object": 3}, device="cpu")
-
 
 CASES = [("LPS", (1.0, 1.0, 3.0), 0.0), ("RAS", (0.9, 1.1, 2.5), 0.0), ("RAI", (1.2, 1.0, 3.0), 0.0),
          ("LAS", (1.0, 1.3, 2.0), 17.0)]

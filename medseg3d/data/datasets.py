@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MedsegError
-from ..io.nifti import case_name
+from ..io.scan import case_name
 
 
 @dataclass

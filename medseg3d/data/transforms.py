@@ -16,7 +16,9 @@ from monai import transforms as mt
 from monai.data import MetaTensor
 
 from ..config import Config
-from ..io.nifti import Scan, read_label, read_scan
+from ..io.nifti import read_label
+from ..io.readers import read_scan
+from ..io.scan import Scan
 
 
 def nonzero(x):

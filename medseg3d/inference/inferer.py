@@ -1,7 +1,11 @@
 """The one place where a network meets a whole (preprocessed) volume: used by validation during training and
-by the Segmenter, so both see the same predictions."""
+by the Segmenter, so both see the same predictions. Test-time augmentation (mirroring) lives here too."""
 
 from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Iterator
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -9,12 +13,27 @@ from monai.inferers import sliding_window_inference
 from ..config import Config
 from ..models import main_output
 
+GPU_FALLBACK_WARNING = "volume does not fit in GPU memory; stitching on the CPU"
+
 
 def predict_logits(model: torch.nn.Module, image: torch.Tensor, cfg: Config,
                    device: torch.device | str = "cpu", out_device: torch.device | str = "cpu") -> torch.Tensor:
     """Logits (N, C, *spatial) for a batch of preprocessed volumes (N, C_in, *spatial) by a MONAI sliding
     window over ``train.patch_size`` windows with the config's overlap and blending. Windows run on
-    ``device``; the stitched result is accumulated on ``out_device``."""
+    ``device``; the stitched result is accumulated on ``out_device``. When stitching on
+    a GPU runs out of memory, it warns once and stitches on the CPU instead (windows stay on the GPU)."""
+    out_device = torch.device(out_device)
+    try:
+        return _sliding_window(model, image, cfg, device, out_device)
+    except torch.cuda.OutOfMemoryError:
+        if out_device.type == "cpu":
+            raise
+        torch.cuda.empty_cache()
+        warnings.warn(GPU_FALLBACK_WARNING, RuntimeWarning, stacklevel=2)
+        return _sliding_window(model, image, cfg, device, torch.device("cpu"))
+
+
+def _sliding_window(model, image, cfg, device, out_device) -> torch.Tensor:
     inf = cfg.infer
 
     def net(x: torch.Tensor) -> torch.Tensor:
@@ -29,3 +48,20 @@ def predict_logits(model: torch.nn.Module, image: torch.Tensor, cfg: Config,
                                             device=out_device)
     finally:
         model.train(was_training)
+
+
+def mirror_axes(spatial_dims: int = 3) -> list[tuple[int, ...]]:
+    """Every combination of mirrored spatial axes (as tensor dims of (N, C, *spatial)), the identity first."""
+    dims = range(2, 2 + spatial_dims)
+    return [c for r in range(spatial_dims + 1) for c in itertools.combinations(dims, r)]
+
+
+def probability_passes(model: torch.nn.Module, image: torch.Tensor, cfg: Config, device: torch.device | str = "cpu",
+                       tta: bool = False) -> Iterator[torch.Tensor]:
+    """Softmax probabilities (N, C, *spatial) of each pass: one plain pass, or with ``tta`` one per mirroring
+    of the spatial axes (2^3 in 3D), each flipped back onto the input grid. Windows run and are stitched
+    on ``device`` (on a GPU that runs out of memory, stitched on the CPU)."""
+    for axes in mirror_axes(image.ndim - 2) if tta else [()]:
+        x = torch.flip(image, axes) if axes else image
+        probs = torch.softmax(predict_logits(model, x, cfg, device, out_device=device).float(), dim=1)
+        yield torch.flip(probs, axes) if axes else probs

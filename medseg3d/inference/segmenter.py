@@ -1,106 +1,247 @@
-"""Segmenter: a checkpoint in, label maps in each scan's own geometry out.
+"""Segmenter: checkpoint(s) in, label maps in each scan's own geometry out.
 
-The checkpoint carries the resolved config, channel names and label names, so nothing else is needed. The
-scan goes through the same preprocessing as training (built from that config); the network runs as a MONAI
-sliding window with gaussian blending; class probabilities are mapped back to the scan's grid by inverting
-the preprocessing (crop, resampling, reorientation), then turned into labels with the file values the
-config names.
+A checkpoint carries the resolved config, channel names and label names, so nothing else is needed. The scan
+goes through the same preprocessing as training (built from that config); the network runs as a MONAI sliding
+window with gaussian blending, optionally over all mirrorings (TTA); class probabilities are mapped back to
+the scan's grid by inverting the preprocessing (crop, resampling, reorientation), averaged over the ensemble's
+members, turned into labels with the file values the config names, and postprocessed.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
-from typing import Any, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Sequence, Union
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
 
-from ..config import Config, validate_config
+from ..config import Config, PostprocessConfig, validate_config
 from ..data.transforms import preprocess_transforms, scan_to_metatensor
 from ..engine.checkpoint import load_checkpoint
 from ..engine.trainer import build_model_from_config, pick_device
 from ..errors import MedsegError
-from ..io.nifti import Scan, label_dtype, like_reference, read_scan
-from .inferer import predict_logits
+from ..io.nifti import label_dtype, nifti_like
+from ..io.readers import read_scan, scan_from_image
+from ..io.scan import Scan
+from ..io.sitk_image import sitk_like
+from .inferer import probability_passes
+from .postprocess import postprocess
 
-ImageInput = Union[str, Path, Sequence[Union[str, Path]], nib.Nifti1Image]
+PathInput = Union[str, os.PathLike]
+ImageInput = Union[PathInput, Sequence[PathInput], Any]  # also nibabel / SimpleITK images, numpy arrays
+Uncertainty = Literal["entropy", "variance"]
+
+
+@dataclass
+class Member:
+    """One network of the ensemble with its own config and preprocessing."""
+
+    model: torch.nn.Module
+    config: Config
+    source: str
+    pre: mt.Compose
+
+
+@dataclass
+class Prediction:
+    """What segmenting one scan gives, all on the scan's own grid: ``labels`` (X, Y, Z, file values),
+    ``probabilities`` (C, X, Y, Z) and ``uncertainty`` (X, Y, Z) when asked for."""
+
+    scan: Scan
+    labels: np.ndarray
+    probabilities: Optional[np.ndarray]
+    uncertainty: Optional[np.ndarray]
+    runtime_s: float
+    passes: int
 
 
 class Segmenter:
-    """Segments scans with a trained model.
+    """Segments scans with a trained model or an ensemble of them.
 
     >>> seg = Segmenter.from_checkpoint("runs/brats_unet3d_20260101-120000")   # doctest: +SKIP
     >>> label_img = seg.predict("scan.nii.gz")                                 # doctest: +SKIP
     """
 
     def __init__(self, model: torch.nn.Module, config: Config, channels: list[str], labels: dict[str, int],
-                 device: str | torch.device = "auto", source: str = "model"):
-        self.config = config
+                 device: str | torch.device = "auto", source: str = "model", tta: bool = False):
         self.channels = list(channels)
         self.labels = dict(labels)
         self.device = pick_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
-        self.source = source
-        self._pre = mt.Compose(preprocess_transforms(config, keys=("image",)))
+        self.members: list[Member] = []
+        self.tta = tta
+        self.postprocess: PostprocessConfig = config.postprocess.model_copy(deep=True)
+        self.add_member(model, config, source)
+
+    def add_member(self, model: torch.nn.Module, config: Config, source: str = "model") -> None:
+        """Add a network to the ensemble (same channels and labels); probabilities are averaged."""
+        pre = mt.Compose(preprocess_transforms(config, keys=("image",)))
+        self.members.append(Member(model.to(self.device).eval(), config, source, pre))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Segmenter":
-        """Load a checkpoint file or a run folder (its best.pt)."""
-        ckpt = load_checkpoint(path)
-        cfg = validate_config(ckpt["config"], source=ckpt["path"])
-        model = build_model_from_config(cfg, len(ckpt["channels"]), len(ckpt["labels"]))
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise MedsegError(f"{ckpt['path']}: weights do not fit model '{cfg.model.name}' ({str(e).splitlines()[0]})") from None
-        return cls(model, cfg, ckpt["channels"], ckpt["labels"], device=device, source=ckpt["path"])
+    def from_checkpoint(cls, paths: PathInput | Sequence[PathInput], device: str = "auto",
+                        tta: bool = False) -> "Segmenter":
+        """Load a checkpoint file, a run folder (its best.pt) or an ONNX file from ``medseg3d export``;
+        several make an ensemble, which must share channel names and labels."""
+        plist = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        if not plist:
+            raise MedsegError("no checkpoint given")
+        seg = None
+        for path in plist:
+            model, cfg, channels, labels, source = _load_model(path)
+            if seg is None:
+                seg = cls(model, cfg, channels, labels, device=device, source=source, tta=tta)
+                continue
+            for what, mine, theirs in (("channels", seg.channels, channels), ("labels", seg.labels, labels)):
+                if mine != theirs:
+                    raise MedsegError(f"{source}: its {what} {theirs} differ from {seg.members[0].source}'s "
+                                      f"{mine}; ensemble members must share channels and labels")
+            seg.add_member(model, cfg, source)
+        return seg
+
+    @property
+    def config(self) -> Config:
+        """The first member's config."""
+        return self.members[0].config
+
+    @property
+    def sources(self) -> list[str]:
+        return [m.source for m in self.members]
+
+    def configure(self, overlap: float | None = None, sw_batch_size: int | None = None) -> None:
+        """Override the sliding-window settings of every member."""
+        for m in self.members:
+            if overlap is not None:
+                m.config.infer.overlap = overlap
+            if sw_batch_size is not None:
+                m.config.infer.sw_batch_size = sw_batch_size
 
     # ---- inputs -------------------------------------------------------------------------------------------
-    def read(self, image: ImageInput) -> Scan:
-        if isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-            data = np.asarray(image.get_fdata(dtype=np.float32))
-            data = data[None] if data.ndim == 3 else np.moveaxis(data.reshape(data.shape[:3] + (-1,)), -1, 0)
-            if data.shape[0] != len(self.channels):
-                raise MedsegError(f"image has {data.shape[0]} channel(s) but the model expects {len(self.channels)} "
-                                  f"({', '.join(self.channels)})")
-            return Scan(np.ascontiguousarray(data), np.asarray(image.affine, float), image, [])
-        return read_scan(image, channels=len(self.channels))
+    def read(self, image: ImageInput, affine: np.ndarray | None = None) -> Scan:
+        """A Scan of a path (NIfTI, NRRD, MHA, DICOM series folder), a list of per-channel paths, a nibabel or
+        SimpleITK image, a numpy array (X, Y, Z) / (C, X, Y, Z) with ``affine``, or an ``(array, affine)``
+        tuple; the channel count must match the model's."""
+        if isinstance(image, (str, os.PathLike)) or (isinstance(image, (list, tuple)) and image
+                                                     and all(isinstance(p, (str, os.PathLike)) for p in image)):
+            return read_scan(image, channels=len(self.channels))
+        if isinstance(image, tuple) and len(image) == 2 and isinstance(image[0], np.ndarray):
+            image, affine = image
+        scan = scan_from_image(image, affine)
+        if scan.data.shape[0] != len(self.channels):
+            raise MedsegError(f"image has {scan.data.shape[0]} channel(s) but the model expects "
+                              f"{len(self.channels)} ({', '.join(self.channels)})")
+        return scan
 
     # ---- prediction ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def probabilities(self, scan: Scan) -> np.ndarray:
-        """Class probabilities (C, X, Y, Z) on the scan's own grid."""
-        if not np.any(scan.data):
-            raise MedsegError(f"{scan.name}: the image is empty (every voxel is zero)")
-        d = self._pre({"image": scan_to_metatensor(scan)})
+    def _member_moments(self, m: Member, scan: Scan, second: bool) -> tuple[np.ndarray, int]:
+        """Mean (and, with ``second``, mean square) of the class probabilities over the member's passes, on
+        the scan's grid: (C or 2C, X, Y, Z), and the number of passes."""
+        d = m.pre({"image": scan_to_metatensor(scan)})
         x: MetaTensor = d["image"]
-        logits = predict_logits(self.model, x.as_tensor()[None], self.config, self.device)
-        probs = torch.softmax(logits[0].float(), dim=0)
-        inv = self._pre.inverse({"image": MetaTensor(probs, meta=x.meta, applied_operations=x.applied_operations)})
+        total, total_sq, n = 0, 0, 0
+        for p in probability_passes(m.model, x.as_tensor()[None], m.config, self.device, self.tta):
+            total = total + p[0]
+            if second:
+                total_sq = total_sq + p[0] ** 2
+            n += 1
+        stacked = torch.cat([total / n, total_sq / n]) if second else total / n
+        inv = m.pre.inverse({"image": MetaTensor(stacked.cpu(), meta=x.meta, applied_operations=x.applied_operations)})
         out = inv["image"].as_tensor().numpy()
         if out.shape[1:] != scan.shape:
             raise RuntimeError(f"internal: inverted shape {out.shape[1:]} != scan shape {scan.shape}")
-        return out
+        return out, n
+
+    def probabilities(self, scan: Scan, variance: bool = False) -> tuple[np.ndarray, Optional[np.ndarray], int]:
+        """Class probabilities (C, X, Y, Z) on the scan's grid averaged over TTA passes and ensemble members;
+        with ``variance``, also the per-voxel variance over all passes (mean over classes); and the number
+        of passes. Voxels outside the preprocessing crop are background."""
+        if not np.any(scan.data):
+            raise MedsegError(f"{scan.name}: the image is empty (every voxel is zero)")
+        runs = [self._member_moments(m, scan, variance) for m in self.members]
+        passes = sum(n for _, n in runs)
+        moments = sum(out * n for out, n in runs) / passes
+        c = len(self.labels)
+        probs = moments[:c]
+        var = np.clip(moments[c:] - probs ** 2, 0, None).mean(0) if variance else None
+        probs[0] += np.clip(1 - probs.sum(0), 0, None)  # outside the crop nothing was predicted: background
+        return probs, var, passes
 
     def labels_from_probabilities(self, probs: np.ndarray) -> np.ndarray:
         values = np.asarray(list(self.labels.values()))
         return values[np.argmax(probs, axis=0)].astype(label_dtype(values))
 
-    def predict(self, image: ImageInput) -> nib.Nifti1Image:
-        """Segment one scan (path, list of per-channel paths, or nibabel image); returns a label NIfTI with the
-        scan's shape, affine and qform/sform codes."""
-        return self.predict_scan(self.read(image))
-
-    def predict_scan(self, scan: Scan) -> nib.Nifti1Image:
+    def segment(self, scan: Scan, uncertainty: Uncertainty | None = None) -> Prediction:
+        """Labels (postprocessed), probabilities and, if asked, uncertainty of one scan on its own grid:
+        ``entropy`` of the mean probabilities (nats) or ``variance`` over TTA passes and ensemble members."""
+        if uncertainty not in (None, "entropy", "variance"):
+            raise MedsegError(f"unknown uncertainty '{uncertainty}'; use entropy or variance")
         t0 = time.perf_counter()
-        labels = self.labels_from_probabilities(self.probabilities(scan))
-        self.last_runtime = time.perf_counter() - t0
-        return like_reference(labels, scan.reference, dtype=labels.dtype)
+        probs, var, passes = self.probabilities(scan, variance=uncertainty == "variance")
+        if uncertainty == "variance" and passes == 1:
+            raise MedsegError("variance needs several passes: turn on TTA or give several models")
+        labels = postprocess(self.labels_from_probabilities(probs), self.postprocess, self.labels,
+                             scan.voxel_volume_mm3)
+        unc = var if uncertainty == "variance" else (
+            -(probs * np.log(np.clip(probs, 1e-12, None))).sum(0) if uncertainty == "entropy" else None)
+        return Prediction(scan, labels, probs, None if unc is None else unc.astype(np.float32),
+                          time.perf_counter() - t0, passes)
+
+    def predict(self, image: ImageInput, affine: np.ndarray | None = None) -> Any:
+        """Segment one scan and return the label map as the same kind as the input: a nibabel image for a
+        nibabel image or a NIfTI path; a SimpleITK image for a SimpleITK image or an NRRD/MHA/DICOM path; a
+        numpy array (X, Y, Z) for a numpy array (with ``affine=``, or as ``(array, affine)``). The map has the
+        input's exact geometry."""
+        scan = self.read(image, affine)
+        pred = self.segment(scan)
+        self.last_runtime = pred.runtime_s
+        return as_input_kind(pred.labels, scan)
+
+    def show(self, image: ImageInput, labels: Any = None, affine: np.ndarray | None = None):
+        """A matplotlib Figure (for notebooks): three orthogonal slices through the largest structure with a
+        coloured overlay and a legend. ``labels`` (any kind ``predict`` returns) defaults to a prediction."""
+        from ..io.preview import preview_figure
+
+        scan = self.read(image, affine)
+        if labels is None:
+            lab = self.segment(scan).labels
+        else:
+            lab = np.rint(scan_from_image(labels, scan.affine).data[0]).astype(np.int32)
+            if lab.shape != scan.shape:
+                raise MedsegError(f"labels have shape {lab.shape} but the image {scan.shape}")
+        return preview_figure(scan, lab, self.labels)
 
     def __repr__(self) -> str:
-        return (f"Segmenter({self.config.model.name}, channels={self.channels}, labels={list(self.labels)}, "
-                f"device={self.device})")
+        return (f"Segmenter({self.config.model.name} x{len(self.members)}, channels={self.channels}, "
+                f"labels={list(self.labels)}, tta={self.tta}, device={self.device})")
+
+
+def _load_model(path: PathInput) -> tuple[torch.nn.Module, Config, list[str], dict[str, int], str]:
+    """(model, config, channels, labels, source) of a checkpoint, run folder or exported ONNX file."""
+    if str(path).lower().endswith(".onnx"):
+        from .export import load_onnx
+
+        return (*load_onnx(path), str(path))
+    ckpt = load_checkpoint(path)
+    cfg = validate_config(ckpt["config"], source=ckpt["path"])
+    model = build_model_from_config(cfg, len(ckpt["channels"]), len(ckpt["labels"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise MedsegError(f"{ckpt['path']}: weights do not fit model '{cfg.model.name}' "
+                          f"({str(e).splitlines()[0]})") from None
+    return model, cfg, list(ckpt["channels"]), dict(ckpt["labels"]), ckpt["path"]
+
+
+def as_input_kind(array: np.ndarray, scan: Scan) -> Any:
+    """``array`` (X, Y, Z) in the kind the scan came as: nibabel image, SimpleITK image, or numpy array."""
+    import SimpleITK as sitk
+
+    if scan.reference is None:
+        return array
+    if isinstance(scan.reference, sitk.Image):
+        return sitk_like(array, scan)
+    return nifti_like(array, scan)

@@ -1,49 +1,18 @@
-"""NIfTI reading and writing (nibabel). Geometry is carried by the nibabel image the scan came from, so a
-written label map gets the input's exact shape, affine, qform/sform and their codes."""
+"""NIfTI reading and writing (nibabel). A scan read from NIfTI keeps its nibabel image as the reference, so a
+written map gets the input's exact shape, affine, qform/sform and their codes."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
 
 from ..errors import MedsegError
+from .scan import PathLike, Scan, atomic_write
 
-PathLike = Union[str, os.PathLike]
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-@dataclass
-class Scan:
-    """A multichannel scan: ``data`` is (C, X, Y, Z) float32 in the file's voxel order; ``affine`` maps voxels
-    to RAS+ millimetres (nibabel's convention); ``reference`` is the image whose geometry outputs copy."""
-
-    data: np.ndarray
-    affine: np.ndarray
-    reference: nib.Nifti1Image
-    sources: list[str] = field(default_factory=list)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape[1:])
-
-    @property
-    def name(self) -> str:
-        return case_name(self.sources[0]) if self.sources else "scan"
-
-
-def case_name(path: PathLike) -> str:
-    """The file name without its image suffix (``BraTS_001.nii.gz`` -> ``BraTS_001``)."""
-    name = Path(path).name
-    for suf in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return Path(name).stem
 
 
 def load_nifti(path: PathLike) -> nib.Nifti1Image:
@@ -61,52 +30,24 @@ def load_nifti(path: PathLike) -> nib.Nifti1Image:
     return img
 
 
-def _image_channels(img: nib.Nifti1Image, path: PathLike) -> np.ndarray:
+def nifti_channels(img: nib.Nifti1Image, source: PathLike | str) -> np.ndarray:
     """(C, X, Y, Z) float32 from a 3D image or a 4D image with channels on the last axis."""
     shape = img.shape
     if len(shape) > 4:  # e.g. (X, Y, Z, 1, C)
         extra = [s for s in shape[3:] if s != 1]
         if len(extra) > 1:
-            raise MedsegError(f"{path}: image has shape {shape}; expected 3D or 4D (channels last)")
+            raise MedsegError(f"{source}: image has shape {shape}; expected 3D or 4D (channels last)")
     try:
         data = img.get_fdata(dtype=np.float32)
     except Exception as e:
-        raise MedsegError(f"{path}: cannot read the voxel data ({e})") from None
+        raise MedsegError(f"{source}: cannot read the voxel data ({e})") from None
     if data.ndim == 3:
         data = data[None]
-    else:
-        data = data.reshape(shape[:3] + (-1,))
-        data = np.moveaxis(data, -1, 0)
+    elif data.ndim >= 4:
+        data = np.moveaxis(data.reshape(shape[:3] + (-1,)), -1, 0)
     if data.ndim != 4 or min(data.shape[1:]) < 1:
-        raise MedsegError(f"{path}: image has shape {shape}; expected 3D or 4D (channels last)")
-    if not np.isfinite(data).all():
-        raise MedsegError(f"{path}: image contains NaN or infinite values")
+        raise MedsegError(f"{source}: image has shape {shape}; expected 3D or 4D (channels last)")
     return np.ascontiguousarray(data)
-
-
-def read_scan(paths: PathLike | Sequence[PathLike], channels: int | None = None) -> Scan:
-    """Read one 4D NIfTI (channels last) or one 3D NIfTI per channel.
-
-    ``channels`` is the number the model expects; a mismatch, or per-channel files whose grids differ, is an
-    error naming the file.
-    """
-    plist = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not plist:
-        raise MedsegError("no image file given")
-    imgs = [load_nifti(p) for p in plist]
-    arrays = [_image_channels(img, p) for img, p in zip(imgs, plist)]
-    ref = imgs[0]
-    for img, arr, p in zip(imgs[1:], arrays[1:], plist[1:]):
-        if arr.shape[1:] != arrays[0].shape[1:]:
-            raise MedsegError(f"{p}: shape {arr.shape[1:]} differs from {plist[0]} {arrays[0].shape[1:]}")
-        if not np.allclose(img.affine, ref.affine, atol=1e-3):
-            raise MedsegError(f"{p}: its geometry (affine) differs from {plist[0]}; channels must share one grid")
-    data = np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
-    if channels is not None and data.shape[0] != channels:
-        names = ", ".join(str(p) for p in plist)
-        raise MedsegError(f"{names}: has {data.shape[0]} channel(s) but the model expects {channels}")
-    return Scan(data=data, affine=np.asarray(ref.affine, dtype=np.float64), reference=ref,
-                sources=[str(p) for p in plist])
 
 
 def read_label(path: PathLike, like: Scan | None = None) -> np.ndarray:
@@ -135,7 +76,7 @@ def label_dtype(values: np.ndarray | Sequence[int]) -> np.dtype:
 
 
 def like_reference(array: np.ndarray, reference: nib.Nifti1Image, dtype=None) -> nib.Nifti1Image:
-    """A NIfTI holding ``array`` with the reference's affine, qform/sform (and codes) and units."""
+    """A NIfTI holding ``array`` (X, Y, Z) with the reference's affine, qform/sform (and codes) and units."""
     header = reference.header.copy()
     dtype = np.dtype(dtype or array.dtype)
     out = type(reference)(np.asarray(array, dtype=dtype), None, header=header)
@@ -150,17 +91,18 @@ def like_reference(array: np.ndarray, reference: nib.Nifti1Image, dtype=None) ->
     return out
 
 
+def nifti_like(array: np.ndarray, scan: Scan, dtype=None) -> nib.Nifti1Image:
+    """A NIfTI of ``array`` (X, Y, Z) in the scan's geometry: the reference's own header when the scan came
+    from NIfTI, else the scan's affine as qform and sform with code 1 (scanner), units mm."""
+    if isinstance(scan.reference, (nib.Nifti1Image, nib.Nifti2Image)):
+        return like_reference(array, scan.reference, dtype)
+    out = nib.Nifti1Image(np.asarray(array, dtype=dtype or array.dtype), scan.affine)
+    out.set_qform(scan.affine, 1)
+    out.set_sform(scan.affine, 1)
+    out.header.set_xyzt_units("mm", "sec")
+    return out
+
+
 def atomic_save(img: nib.Nifti1Image, path: PathLike) -> Path:
     """Write ``img`` to ``path`` through a temporary file in the same folder, so no partial file remains."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))

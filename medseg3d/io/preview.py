@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
-from .nifti import Scan
+from .scan import Scan, atomic_write
 
 _COLORS = [(0.90, 0.10, 0.10), (0.10, 0.75, 0.20), (0.15, 0.35, 0.95), (0.95, 0.80, 0.10), (0.80, 0.20, 0.85),
            (0.10, 0.80, 0.85), (0.95, 0.50, 0.10), (0.55, 0.35, 0.20)]
@@ -62,11 +62,8 @@ def save_preview(scan: Scan, labels: np.ndarray, names: dict[str, int], path: st
                  title: str | None = None) -> Path:
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = preview_figure(scan, labels, names, title)
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    finally:
+        plt.close(fig)
