@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -75,6 +75,12 @@ class ModelConfig(_Strict):
     name: str = "unet"
     spatial_dims: Literal[2, 3] = 3
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the network")
+    # 2D models on volumes (medseg3d/data/slices.py): ignored when spatial_dims is 3
+    slice_axis: Union[Literal["auto"], Annotated[int, Field(ge=0, le=2)]] = Field(
+        "auto", description="spatial_dims 2: the axis of the preprocessed volume that slices are cut across, or "
+                            "'auto' (the coarsest axis of preprocess.spacing, else of the dataset's median spacing)")
+    context_slices: int = Field(0, ge=0, description="spatial_dims 2 (2.5D): neighbouring slices on each side "
+                                                     "fed as extra input channels")
 
     @field_validator("name")
     @classmethod
@@ -172,8 +178,14 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _patch_dims(self):
-        if len(self.train.patch_size) != 3 or any(p < 1 for p in self.train.patch_size):
+        if self.model.spatial_dims == 2:  # 2D: the in-plane size, or three with 1 along the slice axis
+            from .data.slices import check_patch_2d
+
+            check_patch_2d(self.train.patch_size, self.model.slice_axis)
+        elif len(self.train.patch_size) != 3 or any(p < 1 for p in self.train.patch_size):
             raise ValueError("train.patch_size must be three positive integers")
+        elif self.model.context_slices:
+            raise ValueError("model.context_slices needs model.spatial_dims: 2")
         return self
 
 

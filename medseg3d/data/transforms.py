@@ -75,6 +75,10 @@ def preprocess_transforms(cfg: Config, label_values: Sequence[int] | None = None
 
 def augment_transforms(cfg: Config) -> list:
     """Random patch sampling (with foreground oversampling) and augmentation, applied after the cache."""
+    if cfg.model.spatial_dims == 2:  # 2D/2.5D samples from the same cached volumes
+        from .slices import slice_augment_transforms
+
+        return slice_augment_transforms(cfg)
     t, a = cfg.train, cfg.train.augment
     keys = ["image", "label"]
     out: list = [

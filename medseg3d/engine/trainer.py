@@ -22,6 +22,7 @@ from monai.utils import set_determinism
 
 from ..config import Config, dump_config, load_config, parse_duration
 from ..data.datasets import DatasetInfo, load_dataset, load_splits, make_splits
+from ..data.slices import model_in_channels, resolve_slices
 from ..data.transforms import LoadCased, augment_transforms, preprocess_transforms
 from ..errors import MedsegError
 from ..inference.inferer import predict_logits
@@ -57,6 +58,7 @@ def cache_dir_for(cfg: Config, info: DatasetInfo) -> Path:
 
 def build_model_from_config(cfg: Config, in_channels: int, out_channels: int) -> torch.nn.Module:
     m = cfg.model
+    in_channels = model_in_channels(cfg, in_channels)  # 2.5D: each channel once per context slice
     try:
         return build_model(m.name, m.spatial_dims, in_channels, out_channels, **m.params)
     except TypeError as e:
@@ -73,6 +75,7 @@ class Trainer:
         self.device = pick_device(cfg.train.device)
         self.info = load_dataset(cfg.data.root, cfg.data.layout, cfg.data.dataset_json, cfg.data.channels,
                                  cfg.data.labels)
+        self.cfg = resolve_slices(cfg, self.info)  # 2D: the slice axis and patch, recorded resolved
         self.class_names = list(self.info.labels)
         self.label_values = list(self.info.labels.values())
         self.run_dir = Path(run_dir) if run_dir else self._new_run_dir()

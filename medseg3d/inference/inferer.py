@@ -20,8 +20,9 @@ def predict_logits(model: torch.nn.Module, image: torch.Tensor, cfg: Config,
                    device: torch.device | str = "cpu", out_device: torch.device | str = "cpu") -> torch.Tensor:
     """Logits (N, C, *spatial) for a batch of preprocessed volumes (N, C_in, *spatial) by a MONAI sliding
     window over ``train.patch_size`` windows with the config's overlap and blending. Windows run on
-    ``device``; the stitched result is accumulated on ``out_device``. When stitching on
-    a GPU runs out of memory, it warns once and stitches on the CPU instead (windows stay on the GPU)."""
+    ``device``; the stitched result is accumulated on ``out_device``. A 2D model (``model.spatial_dims: 2``)
+    runs slice by slice (:mod:`medseg3d.inference.slices`). When stitching on a GPU runs out of memory, it
+    warns once and stitches on the CPU instead (windows stay on the GPU)."""
     out_device = torch.device(out_device)
     try:
         return _sliding_window(model, image, cfg, device, out_device)
@@ -34,6 +35,10 @@ def predict_logits(model: torch.nn.Module, image: torch.Tensor, cfg: Config,
 
 
 def _sliding_window(model, image, cfg, device, out_device) -> torch.Tensor:
+    if cfg.model.spatial_dims == 2:
+        from .slices import predict_logits_slices
+
+        return predict_logits_slices(model, image, cfg, device, out_device)
     inf = cfg.infer
 
     def net(x: torch.Tensor) -> torch.Tensor:
