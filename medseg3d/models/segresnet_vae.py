@@ -41,7 +41,6 @@ import math
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..registry import MODELS
@@ -133,7 +132,8 @@ class SegResNetVAE(SegNet):
         if len(size) != sd:
             raise ValueError(f"input_image_size must have {sd} entries for spatial_dims={sd}, got {tuple(size)}")
         if any(s % self.divisor for s in size):
-            raise ValueError(f"input_image_size must be a multiple of {self.divisor} along every axis, got {tuple(size)}")
+            raise ValueError(f"input_image_size must be a multiple of {self.divisor} along every axis, "
+                             f"got {tuple(size)}")
         self.input_image_size = tuple(size)
         self.latent_grid = tuple(s // self.divisor for s in size)
 

@@ -99,7 +99,8 @@ class VNet(SegNet):
         if len(enc) < 2:
             raise ValueError(f"encoder_convs needs at least 2 stages, got {tuple(enc)}")
         if len(dec) != len(enc) - 1:
-            raise ValueError(f"decoder_convs must have len(encoder_convs) - 1 = {len(enc) - 1} entries, got {tuple(dec)}")
+            raise ValueError(f"decoder_convs must have len(encoder_convs) - 1 = {len(enc) - 1} entries, "
+                             f"got {tuple(dec)}")
         kernel_size = check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
