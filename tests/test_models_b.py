@@ -11,10 +11,8 @@ import torch.nn.functional as F
 from medseg3d.models import MODELS, build_model
 from medseg3d.models.multiresunet import MultiResUNet, multires_widths
 from medseg3d.models.summary import format_table, measure, model_table
-from medseg3d.models.u2net3d import DomainSeparableConv, PerDomain, U2Net3D, _Down
+from medseg3d.models.u2net3d import DomainSeparableConv, U2Net3D, _Down
 from medseg3d.models.unetpp import UNetPlusPlus
-
-torch.set_num_threads(2)
 
 ODD3 = (37, 41, 29)
 ODD2 = (37, 41)
@@ -79,30 +77,18 @@ def test_u2net3d_deep_supervision_shapes():
 
 
 def test_unetpp_deep_supervision_order_and_pruning():
+    """Training returns [X(0,4), X(0,3), X(0,2), X(0,1)]; eval pruned to L returns the X(0,L) head."""
     torch.manual_seed(0)
-    m = UNetPlusPlus(2, 1, 2, base_filters=4)
     x = torch.randn(2, 1, 32, 32)
-    m.train()
-    outs = m(x)
+    m = UNetPlusPlus(2, 1, 2, base_filters=4, norm="instance")  # no running stats: train == eval numerics
+    outs = m.train()(x)
     m.eval()
     with torch.no_grad():
-        full = m(x)
-        # eval without pruning = the X(0,4) head, which is the first (main) training output
-        m.train(False)
-        heads = []
+        assert torch.allclose(m(x), outs[0], atol=1e-5)  # unpruned eval = the main (first) output
         for L in (1, 2, 3, 4):
             m.prune(L)
-            heads.append(m(x))
-    assert torch.allclose(full, heads[3])
-    # each pruned net answers with the X(0,L) head: equal to the training list [X04, X03, X02, X01] up to BN mode
-    m2 = UNetPlusPlus(2, 1, 2, base_filters=4, norm="instance")
-    m2.train()
-    outs = m2(x)
-    m2.eval()
-    with torch.no_grad():
-        for L in (1, 2, 3, 4):
-            m2.prune(L)
-            assert torch.allclose(m2(x), outs[4 - L], atol=1e-5)
+            assert torch.allclose(m(x), outs[4 - L], atol=1e-5)
+    assert m.prune(2).inference_depth == 2
 
 
 def test_unetpp_pruned_runs_fewer_nodes():
@@ -431,7 +417,7 @@ def _learn(m, sd, size, max_steps, forward=lambda m, x: m(x), channels=1, lr=1e-
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 10 == 0:
+        if step % 5 == 0:
             m.eval()
             with torch.no_grad():
                 best = max(best, _dice(forward(m, xv), yv))
@@ -441,52 +427,61 @@ def _learn(m, sd, size, max_steps, forward=lambda m, x: m(x), channels=1, lr=1e-
 
 
 def test_learns_blob_u2net3d():
-    m = U2Net3D(3, 1, 2, base_filters=4, levels=3)
-    step, dice = _learn(m, 3, 24, 80)
+    torch.manual_seed(0)
+    m = U2Net3D(3, 1, 2, base_filters=8, levels=2)
+    step, dice = _learn(m, 3, 16, 60)
     assert dice > 0.9, (step, dice)
 
 
 def test_learns_blob_unetpp():
+    torch.manual_seed(0)
     m = UNetPlusPlus(2, 1, 2, base_filters=4, depth=3, norm="instance")
     step, dice = _learn(m, 2, 32, 150)
     assert dice > 0.9, (step, dice)
 
 
 def test_learns_blob_multiresunet():
+    torch.manual_seed(0)
     m = MultiResUNet(2, 1, 2, base_filters=8, depth=3, norm="instance")
     step, dice = _learn(m, 2, 32, 150)
     assert dice > 0.9, (step, dice)
 
 
 @pytest.mark.slow
-def test_learns_blob_u2net3d_two_domains_paper_depth():
-    """Two domains trained alternately share the pointwise filters; each reaches Dice > 0.9."""
-    m = U2Net3D(3, {"a": 1, "b": 2}, 2, domains=("a", "b"), base_filters=4)
+def test_learns_blob_u2net3d_two_domains():
+    """Two domains (1-channel bright blobs, 2-channel dark blobs) trained alternately share the pointwise
+    filters; each reaches Dice > 0.9 on held-out samples."""
     torch.manual_seed(0)
-    xa, ya = _blobs(4, 3, 24, seed=1)
-    xb, yb = _blobs(4, 3, 24, seed=3, channels=2)
-    xb = -xb  # a dark blob in domain b
+    m = U2Net3D(3, {"a": 1, "b": 2}, 2, domains=("a", "b"), base_filters=8, levels=3)
+    xa, ya = _blobs(4, 3, 16, seed=1)
+    xb, yb = _blobs(4, 3, 16, seed=3, channels=2)
+    xva, yva = _blobs(2, 3, 16, seed=5)
+    xvb, yvb = _blobs(2, 3, 16, seed=6, channels=2)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    for _ in range(120):
+    dice = (0.0, 0.0)
+    for step in range(1, 81):
         m.train()
-        for dom, x, y in (("a", xa, ya), ("b", xb, yb)):
-            loss = F.cross_entropy(m(x, domain=dom), y)
+        for dom, x, y in (("a", xa, ya), ("b", -xb, yb)):
+            out = m(x, domain=dom)
+            loss = F.cross_entropy(out, y) + _soft_dice_loss(out, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
-    m.eval()
-    with torch.no_grad():
-        xva, yva = _blobs(2, 3, 24, seed=5)
-        xvb, yvb = _blobs(2, 3, 24, seed=6, channels=2)
-        assert _dice(m(xva, "a"), yva) > 0.9
-        assert _dice(m(-xvb, "b"), yvb) > 0.9
+        if step % 5 == 0:
+            m.eval()
+            with torch.no_grad():
+                dice = (_dice(m(xva, "a"), yva), _dice(m(-xvb, "b"), yvb))
+            if min(dice) > 0.9:
+                break
+    assert min(dice) > 0.9, (step, dice)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sd,size", [(3, 24)])
+@pytest.mark.parametrize("sd,size", [(3, 16)])
 def test_learns_blob_3d_batchnorm_defaults(sd, size):
     """UNet++ and MultiResUNet in 3D with their default batch norm."""
-    for m in (UNetPlusPlus(sd, 1, 2, base_filters=4, depth=3), MultiResUNet(sd, 1, 2, base_filters=8, depth=3)):
+    torch.manual_seed(0)
+    for m in (UNetPlusPlus(sd, 1, 2, base_filters=4, depth=2), MultiResUNet(sd, 1, 2, base_filters=8, depth=2)):
         step, dice = _learn(m, sd, size, 200)
         assert dice > 0.9, (type(m).__name__, step, dice)
 
@@ -509,7 +504,7 @@ def test_summary_parameters_and_flops(table):
     for r in table:
         cls = MODELS.get(r["name"])
         with torch.device("meta"):
-            m = cls(r["spatial_dims"], r["in_channels"], r["out_channels"])
+            m = cls(r["spatial_dims"], r["in_channels"], r["out_channels"], **r.get("kwargs", {}))
         assert r["parameters"] == sum(p.numel() for p in m.parameters()), r["name"]
         assert r["gflops"] > 0, r["name"]
     smaller = {r["name"]: r for r in model_table(size=64)}

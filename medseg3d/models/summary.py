@@ -8,10 +8,13 @@ FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode` (convol
 2 FLOPs per multiply-add) while the net runs in eval mode on the ``meta`` device, so no real arithmetic is done
 and the whole table takes a few seconds. Should an op not run on ``meta``, the net is run for real on the CPU
 at a small size and the count is scaled by the ratio of voxels (exact for convolutional nets up to padding).
+A net whose constructor asks for the input size (``input_image_size`` of segresnet_vae) is built for the
+measured input, so its parameter count is the one for that patch (not the paper's 160×192×128 crop).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -30,6 +33,20 @@ def _dims_label(dims: tuple[int, ...]) -> str:
     return "/".join(f"{d}D" for d in sorted(dims))
 
 
+#: constructor arguments that some nets need and that follow from the input size (e.g. the VAE branch of
+#: segresnet_vae has dense layers sized by the training patch); given the measured input's spatial size
+_SIZE_ARGS = ("input_image_size", "img_size", "image_size", "input_size", "patch_size")
+
+
+def build_kwargs(cls: Any, spatial_dims: int, size: int) -> dict[str, Any]:
+    """Keyword arguments a net needs beyond (spatial_dims, in, out): the input size where it asks for one."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {n: (size,) * spatial_dims for n in _SIZE_ARGS if n in params}
+
+
 def _count_flops(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> int:
     x = torch.zeros(shape, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -46,10 +63,13 @@ def measure(cls: type, spatial_dims: int, size: int | None = None) -> dict[str, 
         "spatial_dims": spatial_dims, "in_channels": cin, "out_channels": cout,
         "input": "×".join(map(str, shape[:2])) + "×" + (f"{size}³" if spatial_dims == 3 else f"{size}²"),
     }
+    kwargs = build_kwargs(cls, spatial_dims, size)
+    if kwargs:
+        row["kwargs"] = kwargs
     meta = torch.device("meta")
     try:
         with meta:
-            model = cls(spatial_dims, cin, cout)
+            model = cls(spatial_dims, cin, cout, **kwargs)
         model.eval()
         row["parameters"] = sum(p.numel() for p in model.parameters())
         row["gflops"] = _count_flops(model, shape, meta) / 1e9
@@ -57,7 +77,7 @@ def measure(cls: type, spatial_dims: int, size: int | None = None) -> dict[str, 
         return row
     except Exception:  # noqa: BLE001 - any failure on meta: fall back to a small real run
         pass
-    model = cls(spatial_dims, cin, cout).eval()
+    model = cls(spatial_dims, cin, cout, **kwargs).eval()
     row["parameters"] = sum(p.numel() for p in model.parameters())
     divisor = getattr(model, "divisor", 1)
     div = max(divisor) if isinstance(divisor, (tuple, list)) else int(divisor)
@@ -72,7 +92,8 @@ def measure(cls: type, spatial_dims: int, size: int | None = None) -> dict[str, 
 
 def model_table(spatial_dims_filter: int | None = None, *, size: int | None = None) -> list[dict[str, Any]]:
     """One row per registered net: ``name, dims, spatial_dims, in_channels, out_channels, input, parameters,
-    gflops, flops_method, paper`` (and ``error`` when the net could not be built with its defaults).
+    gflops, flops_method, paper`` (``kwargs`` when the net needs the input size to be built, and ``error``
+    when it could not be built with its defaults).
 
     ``spatial_dims_filter`` (2 or 3) keeps the nets that support those dims and measures them there; ``None``
     measures each net in 3D when it supports 3D, else in 2D. ``size`` overrides the spatial edge length

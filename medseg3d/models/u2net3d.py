@@ -171,9 +171,11 @@ class U2Net3D(SegNet):
     up-sampling, per-domain 1³ heads. 3D only, as the paper.
     ``divisor`` = 2^(levels-1) = 16.
 
-    Parameters with defaults, one domain, 4 in / 4 out (BraTS-like): 1,432,788 (1.43 M), of which
-    1,409,216 are shared (pointwise filters and stride-2 convolutions) and 23,572 belong to the domain. Each
-    further 4-in/4-out domain adds 23,572 (1.7 % of the shared weights).
+    Parameters with defaults, one domain, 4 in / 4 out (BraTS-like): 1,528,212 (1.53 M), of which
+    1,458,432 are shared (pointwise filters and stride-2 convolutions) and 69,780 belong to the domain
+    (depthwise filters 59,184, norms 8,768, input adapter 1,760, head 68). Each further
+    4-in/4-out domain adds 69,780 (4.8 % of the shared weights). Instance norm needs more than one voxel at the
+    bottleneck, so inputs must be at least 2·divisor (32 with 5 levels) along some axis.
     """
 
     paper = "Huang 2019, 3D U²-Net (MICCAI)"
