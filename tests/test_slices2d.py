@@ -70,6 +70,11 @@ def test_auto_axis_is_the_coarsest_and_is_recorded(tmp_path):
     c = load_config({"data": {"root": "."}, "model": {"spatial_dims": 2}, "train": {"patch_size": [8, 8]},
                      "preprocess": {"spacing": [1.0, 4.0, 1.0]}})
     assert resolve_slices(c).model.slice_axis == 1
+    c.train.patch_size = [8, 1, 8]  # three numbers: the 1 must be along the resolved axis
+    assert resolve_slices(c).train.patch_size == [8, 8]
+    c.train.patch_size = [1, 8, 8]
+    with pytest.raises(MedsegError, match="resolved to 1"):
+        resolve_slices(c)
     # spacing null: the dataset's median spacing after reorientation to preprocess.orientation (RAS); the
     # files are stored S, R, A with 3 mm along their first axis, so the coarse axis is RAS axis 2
     cases = []
@@ -268,7 +273,7 @@ def test_2d_model_learns_a_tiny_case(tmp_path):
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["model"]["slice_axis"] == 2  # auto -> the 4 mm axis, from the dataset's spacing
     seg = Segmenter.from_checkpoint(run, device="cpu")
-    assert seg.model.in_channels == 3  # 1 channel x (2k + 1)
+    assert seg.members[0].model.in_channels == 3  # 1 channel x (2k + 1)
     dices = []
     for i in range(3):
         pred = np.asarray(seg.predict(str(tmp_path / "data" / "imagesTr" / f"c{i}.nii.gz")).dataobj)

@@ -131,10 +131,13 @@ def resolve_slices(cfg: "Config", info: "DatasetInfo | None" = None) -> "Config"
             if info is None:
                 raise MedsegError("model.slice_axis 'auto' with preprocess.spacing null needs the dataset")
             axis = coarsest_axis(median_spacing(info.training, cfg.preprocess.orientation))
+    try:
+        check_patch_2d(cfg.train.patch_size, int(axis))
+    except ValueError as e:
+        raise MedsegError(f"{e} (model.slice_axis 'auto' resolved to {axis})") from None
     out = cfg.model_copy(deep=True)
     out.model.slice_axis = int(axis)
     out.train.patch_size = patch_2d(cfg, int(axis))
-    check_patch_2d(out.train.patch_size, out.model.slice_axis)
     return out
 
 
