@@ -63,7 +63,9 @@ def preprocess_transforms(cfg: Config, label_values: Sequence[int] | None = None
     if p.spacing is not None:
         out.append(mt.Spacingd(keys=list(keys), pixdim=p.spacing, mode=modes))
     if p.crop_foreground:
-        out.append(mt.CropForegroundd(keys=list(keys), source_key="image", select_fn=nonzero, allow_smaller=True))
+        out.append(mt.CropForegroundd(keys=list(keys), source_key="image", select_fn=nonzero, allow_smaller=True,
+                                      start_coord_key=None, end_coord_key=None))  # no per-case arrays: cached and
+        # fresh cases must collate into one batch
     if p.normalize != "none":
         out.append(mt.NormalizeIntensityd(keys="image", nonzero=p.normalize == "zscore_nonzero", channel_wise=True))
     if has_label and label_values is not None and list(label_values) != list(range(len(label_values))):
