@@ -208,26 +208,3 @@ def slice_sampling_transforms(cfg: "Config") -> list:
         mt.SelectItemsd(keys=keys),
     ]
     return out
-
-
-def slice_augment_transforms(cfg: "Config") -> list:
-    """Patch sampling (:func:`slice_sampling_transforms`) then 2D augmentation, for ``spatial_dims: 2``."""
-    a = cfg.train.augment
-    keys = ["image", "label"]
-    out = slice_sampling_transforms(cfg)
-    if a.rotate_prob > 0 or a.scale_prob > 0:
-        out.append(mt.RandAffined(keys=keys, prob=max(a.rotate_prob, a.scale_prob),
-                                  rotate_range=[a.rotate_range] if a.rotate_prob > 0 else None,
-                                  scale_range=[a.scale_range] * 2 if a.scale_prob > 0 else None,
-                                  mode=("bilinear", "nearest"), padding_mode="zeros"))
-    if a.flip_prob > 0:
-        out += [mt.RandFlipd(keys=keys, prob=a.flip_prob, spatial_axis=ax) for ax in range(2)]
-    if a.intensity_prob > 0:
-        out += [mt.RandScaleIntensityd(keys="image", factors=0.1, prob=a.intensity_prob),
-                mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=a.intensity_prob)]
-    if a.gamma_prob > 0:
-        out.append(mt.RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=a.gamma_prob))
-    if a.noise_prob > 0:
-        out.append(mt.RandGaussianNoised(keys="image", prob=a.noise_prob, std=0.1))
-    out.append(mt.EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False))
-    return out

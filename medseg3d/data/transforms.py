@@ -77,24 +77,33 @@ def preprocess_transforms(cfg: Config, label_values: Sequence[int] | None = None
 
 def augment_transforms(cfg: Config) -> list:
     """Random patch sampling (with foreground oversampling) and augmentation, applied after the cache."""
-    if cfg.model.spatial_dims == 2:  # 2D/2.5D samples from the same cached volumes
-        from .slices import slice_augment_transforms
+    if cfg.model.spatial_dims == 2:  # 2D/2.5D samples slices from the same cached volumes
+        from .slices import slice_sampling_transforms
 
-        return slice_augment_transforms(cfg)
-    t, a = cfg.train, cfg.train.augment
+        return slice_sampling_transforms(cfg) + augmentation(cfg, spatial_dims=2)
+    t = cfg.train
     keys = ["image", "label"]
-    out: list = [
+    return [
         mt.SpatialPadd(keys=keys, spatial_size=t.patch_size),
         mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=t.patch_size,
                                   pos=t.fg_oversample, neg=1.0 - t.fg_oversample, num_samples=1),
-    ]
+    ] + augmentation(cfg, spatial_dims=3)
+
+
+def augmentation(cfg: Config, spatial_dims: int) -> list:
+    """The augmentation recipe on sampled patches of ``spatial_dims`` axes (rotation is one in-plane angle in
+    2D, one per axis in 3D), ending with plain float tensors."""
+    a = cfg.train.augment
+    keys = ["image", "label"]
+    out: list = []
     if a.rotate_prob > 0 or a.scale_prob > 0:
         out.append(mt.RandAffined(keys=keys, prob=max(a.rotate_prob, a.scale_prob),
-                                  rotate_range=[a.rotate_range] * 3 if a.rotate_prob > 0 else None,
-                                  scale_range=[a.scale_range] * 3 if a.scale_prob > 0 else None,
+                                  rotate_range=[a.rotate_range] * (1 if spatial_dims == 2 else 3)
+                                  if a.rotate_prob > 0 else None,
+                                  scale_range=[a.scale_range] * spatial_dims if a.scale_prob > 0 else None,
                                   mode=("bilinear", "nearest"), padding_mode="zeros"))
     if a.flip_prob > 0:
-        out += [mt.RandFlipd(keys=keys, prob=a.flip_prob, spatial_axis=ax) for ax in range(3)]
+        out += [mt.RandFlipd(keys=keys, prob=a.flip_prob, spatial_axis=ax) for ax in range(spatial_dims)]
     if a.intensity_prob > 0:
         out += [mt.RandScaleIntensityd(keys="image", factors=0.1, prob=a.intensity_prob),
                 mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=a.intensity_prob)]
