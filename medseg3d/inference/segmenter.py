@@ -20,9 +20,10 @@ from monai import transforms as mt
 from monai.data import MetaTensor
 
 from ..config import Config, validate_config
+from ..data.labels import regions_to_labels
 from ..data.transforms import preprocess_transforms, scan_to_metatensor
 from ..engine.checkpoint import load_checkpoint
-from ..engine.trainer import build_model_from_config, pick_device
+from ..engine.trainer import model_from_checkpoint, pick_device
 from ..errors import MedsegError
 from ..io.nifti import Scan, label_dtype, like_reference, read_scan
 from .inferer import predict_logits
@@ -38,26 +39,26 @@ class Segmenter:
     """
 
     def __init__(self, model: torch.nn.Module, config: Config, channels: list[str], labels: dict[str, int],
-                 device: str | torch.device = "auto", source: str = "model"):
+                 device: str | torch.device = "auto", source: str = "model",
+                 regions: dict[str, list[int]] | None = None, domain: str | None = None):
         self.config = config
         self.channels = list(channels)
         self.labels = dict(labels)
+        self.regions = dict(regions) if regions else None  # sigmoid region outputs (BraTS WT/TC/ET)
+        self.domain = domain  # the sub-network of a multi-domain model
         self.device = pick_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.source = source
         self._pre = mt.Compose(preprocess_transforms(config, keys=("image",)))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Segmenter":
-        """Load a checkpoint file or a run folder (its best.pt)."""
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", domain: str | None = None) -> "Segmenter":
+        """Load a checkpoint file or a run folder (its best.pt); ``domain`` picks the sub-network of a
+        multi-domain model (default: its first domain)."""
         ckpt = load_checkpoint(path)
-        cfg = validate_config(ckpt["config"], source=ckpt["path"])
-        model = build_model_from_config(cfg, len(ckpt["channels"]), len(ckpt["labels"]))
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise MedsegError(f"{ckpt['path']}: weights do not fit model '{cfg.model.name}' ({str(e).splitlines()[0]})") from None
-        return cls(model, cfg, ckpt["channels"], ckpt["labels"], device=device, source=ckpt["path"])
+        model, cfg, head = model_from_checkpoint(ckpt, domain)
+        return cls(model, cfg, head["channels"], head["labels"], device=device, source=ckpt["path"],
+                   regions=head["regions"], domain=head["domain"])
 
     # ---- inputs -------------------------------------------------------------------------------------------
     def read(self, image: ImageInput) -> Scan:
@@ -73,13 +74,14 @@ class Segmenter:
     # ---- prediction ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def probabilities(self, scan: Scan) -> np.ndarray:
-        """Class probabilities (C, X, Y, Z) on the scan's own grid."""
+        """Class probabilities (C, X, Y, Z) on the scan's own grid (region probabilities (R, ...) for a
+        region-trained model)."""
         if not np.any(scan.data):
             raise MedsegError(f"{scan.name}: the image is empty (every voxel is zero)")
         d = self._pre({"image": scan_to_metatensor(scan)})
         x: MetaTensor = d["image"]
-        logits = predict_logits(self.model, x.as_tensor()[None], self.config, self.device)
-        probs = torch.softmax(logits[0].float(), dim=0)
+        logits = predict_logits(self.model, x.as_tensor()[None], self.config, self.device, domain=self.domain)
+        probs = torch.sigmoid(logits[0].float()) if self.regions else torch.softmax(logits[0].float(), dim=0)
         inv = self._pre.inverse({"image": MetaTensor(probs, meta=x.meta, applied_operations=x.applied_operations)})
         out = inv["image"].as_tensor().numpy()
         if out.shape[1:] != scan.shape:
@@ -87,7 +89,11 @@ class Segmenter:
         return out
 
     def labels_from_probabilities(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities on the scan's grid -> label values: argmax over classes, or for region outputs
+        thresholds at 0.5 painted in region order (BraTS: WT -> 2, TC -> 1, ET -> 4 or 3)."""
         values = np.asarray(list(self.labels.values()))
+        if self.regions:
+            return regions_to_labels(probs, self.regions, dtype=label_dtype(values))
         return values[np.argmax(probs, axis=0)].astype(label_dtype(values))
 
     def predict(self, image: ImageInput) -> nib.Nifti1Image:
