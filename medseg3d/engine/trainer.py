@@ -355,7 +355,8 @@ class Trainer:
             lr = opt.param_groups[0]["lr"]
             last = epoch + 1 == total_epochs or stopped
             has_val = any(d.val_ds is not None for d in self.domains)
-            val = self.validate(model, loss_fn) if has_val and ((epoch + 1) % t.val_every == 0 or last) else None
+            val = self.validate(model, loss_fn, final=last) if has_val and (
+                (epoch + 1) % t.val_every == 0 or last) else None
             row = {"epoch": epoch + 1, "iterations": it_total, "train_loss": float(np.mean(losses)),
                    **(val or {}), "lr": lr, "epoch_seconds": time.monotonic() - t0}
             row = {k: row.get(k, float("nan")) for k in fields}
@@ -386,8 +387,8 @@ class Trainer:
         if not (self.run_dir / "best.pt").exists():
             save_checkpoint(self._state(model, opt, sched, scaler, epoch + 1, it_total, best, sampler),
                             self.run_dir / "best.pt")
-        if any(d.val_ds is not None for d in self.domains):
-            self.final_validation(model)
+        if any(d.val_ds is not None for d in self.domains) and not (self.run_dir / "validation_metrics.csv").exists():
+            self.final_validation(model)  # a resumed run that had nothing left to train
         if writer is not None:
             writer.close()
         return self.run_dir
@@ -409,7 +410,7 @@ class Trainer:
         if t.num_workers == 0:
             while True:
                 idx = [sampler.randrange(n) for _ in range(t.batch_size)]
-                yield list_data_collate([dom.train_ds[i] for i in idx])
+                yield list_data_collate([_image_label(dom.train_ds[i]) for i in idx])
         from torch.utils.data import DataLoader
 
         def index_batches():
@@ -417,7 +418,8 @@ class Trainer:
                 yield [sampler.randrange(n) for _ in range(t.batch_size)]
 
         yield from DataLoader(dom.train_ds, batch_sampler=index_batches(), num_workers=t.num_workers,
-                              collate_fn=list_data_collate, persistent_workers=True)
+                              collate_fn=lambda b: list_data_collate([_image_label(x) for x in b]),
+                              persistent_workers=True)
 
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         t = self.cfg.train
@@ -453,18 +455,23 @@ class Trainer:
             spacing = item["image"].pixdim.tolist() if hasattr(item["image"], "pixdim") else None
             yield case["id"], pred_masks, masks_of(ref_values, dom.structs), spacing, loss
 
-    def validate(self, model: torch.nn.Module, loss_fn=None) -> dict[str, float]:
-        """Mean validation loss and Dice per class/region (per domain), as log columns."""
+    def validate(self, model: torch.nn.Module, loss_fn=None, final: bool = False) -> dict[str, float]:
+        """Mean validation loss and Dice per class/region (per domain), as log columns. With ``final`` the same
+        pass also computes HD95 and writes RUN/validation_metrics.csv (per case, then mean/std/n rows)."""
         self._val_loss_fn = loss_fn or build_loss(self.cfg.train.loss, multilabel=self.cfg.data.target == "regions")
         out: dict[str, float] = {}
-        losses, means = [], []
+        losses, means, table = [], [], []
         for dom in self.domains:
             if dom.val_ds is None:
                 continue
             rows = []
-            for cid, p, r, _, loss in self._val_cases(model, dom):
-                rows.append(case_metrics(p, r, list(dom.structs), hd95=False))
+            for cid, p, r, spacing, loss in self._val_cases(model, dom):
+                m = case_metrics(p, r, list(dom.structs), spacing, hd95=final)
+                rows.append(m)
                 losses.append(loss)
+                if final:
+                    table.append({"case": cid, **({"domain": dom.name} if self.multi else {}),
+                                  **{k.replace("_", f"_{dom.prefix}", 1): v for k, v in m.items()}})
             per = [float(np.nanmean([row[f"dice_{n}"] for row in rows])) if any(
                 np.isfinite(row[f"dice_{n}"]) for row in rows) else float("nan") for n in dom.structs]
             dmean = float(np.nanmean(per)) if np.any(np.isfinite(per)) else float("nan")
@@ -474,21 +481,11 @@ class Trainer:
             out.update({f"val_dice_{dom.prefix}{n}": v for n, v in zip(dom.structs, per)})
         out["val_loss"] = float(np.mean(losses)) if losses else float("nan")
         out["val_dice_mean"] = float(np.nanmean(means)) if np.any(np.isfinite(means)) else float("nan")
+        if final and table:
+            self._write_validation_table(table)
         return out
 
-    def final_validation(self, model: torch.nn.Module) -> Path:
-        """Dice and HD95 per case and class/region of the validation cases -> RUN/validation_metrics.csv (with
-        mean/std/n rows), using the final weights."""
-        if not hasattr(self, "_val_loss_fn"):
-            self._val_loss_fn = build_loss(self.cfg.train.loss, multilabel=self.cfg.data.target == "regions")
-        rows = []
-        for dom in self.domains:
-            if dom.val_ds is None:
-                continue
-            for cid, p, r, spacing, _ in self._val_cases(model, dom):
-                m = case_metrics(p, r, list(dom.structs), spacing, hd95=True)
-                rows.append({"case": cid, **({"domain": dom.name} if self.multi else {}),
-                             **{k.replace("_", f"_{dom.prefix}", 1) if self.multi else k: v for k, v in m.items()}})
+    def _write_validation_table(self, rows: list[dict]) -> Path:
         keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("case", "domain")))
         keys = [k for k in keys if k.startswith("dice")] + [k for k in keys if not k.startswith("dice")]
         rows = [{"case": r["case"], **({"domain": r["domain"]} if self.multi else {}),
@@ -498,6 +495,11 @@ class Trainer:
         print("final validation (mean over cases): " + ", ".join(
             f"{k} {v:.3f}" for k, v in summary.items() if k != "case"), flush=True)
         return path
+
+    def final_validation(self, model: torch.nn.Module) -> Path:
+        """Dice and HD95 per case and class/region of the validation cases -> RUN/validation_metrics.csv."""
+        self.validate(model, final=True)
+        return self.run_dir / "validation_metrics.csv"
 
     # ---- state --------------------------------------------------------------------------------------------
     def _tensorboard(self, purge_step: int | None):
@@ -708,6 +710,12 @@ def write_progress_png(history: list[dict], path: Path) -> Path | None:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _image_label(item: Any) -> list[dict]:
+    """The image and label of an augmented item (a list of patches from the random crop)."""
+    items = item if isinstance(item, list) else [item]
+    return [{"image": x["image"], "label": x["label"]} for x in items]
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
