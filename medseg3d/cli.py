@@ -34,11 +34,16 @@ def train(
     config: Path = typer.Argument(..., help="YAML config (see configs/)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="override, e.g. --set train.epochs=5"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run folder (default: OUTPUT_DIR/NAME_TIME)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.pt"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="wall-clock limit, e.g. 90s, 10m, 2h (train.budget)"),
 ):
     """Train a network from a config; writes a run folder with checkpoints, logs and the resolved config."""
     from .engine.trainer import train as _train
 
-    out = _run(_train, config, set_ or [], run_dir)
+    overrides = list(set_ or []) + ([f"train.budget={budget}"] if budget else [])
+    if resume is not None and run_dir is not None:
+        _fail("give either --resume RUN_DIR or --run-dir, not both")
+    out = _run(_train, config, overrides, run_dir, resume)
     typer.echo(f"done: {out}")
 
 
@@ -69,13 +74,14 @@ def infer(
     fill_holes: Optional[bool] = typer.Option(None, "--fill-holes/--no-fill-holes", help="fill holes per class"),
     relabel: Optional[str] = typer.Option(None, "--relabel", help="SOURCE:TARGET:ML, relabel a class smaller than ML "
                                                                 "(e.g. enhancing:necrotic:0.5), or 'none'"),
+    domain: Optional[str] = typer.Option(None, "--domain", help="multi-domain model: which domain (default: first)"),
 ):
     """Segment scans; each label map is written in its scan's exact geometry into the output folder, with
     optional probabilities, uncertainty, preview and report. Postprocessing flags override the checkpoint's
     config."""
     _run(_infer, inputs, model, output, fmt=fmt, tta=tta, save_probs=save_probs, uncertainty=save_uncertainty,
          device=device, overlap=overlap, sw_batch_size=sw_batch_size, preview=preview, report=report,
-         channels_per_case=channels_per_case,
+         channels_per_case=channels_per_case, domain=domain,
          post={"min_component_ml": min_size_ml, "largest_component": largest_component, "fill_holes": fill_holes,
                "relabel": relabel})
 
@@ -103,7 +109,7 @@ def _postprocess_config(current, overrides: dict):
 
 
 def _infer(inputs, model, output, *, fmt, tta, save_probs, uncertainty, device, overlap, sw_batch_size, preview,
-           report, channels_per_case, post):
+           report, channels_per_case, post, domain=None):
     import matplotlib.pyplot as plt
 
     import medseg3d
@@ -116,7 +122,7 @@ def _infer(inputs, model, output, *, fmt, tta, save_probs, uncertainty, device, 
     from .io.scan import atomic_write_all
     from .io.writers import FORMATS, check_format, image_writer, label_writer, probabilities_writer
 
-    seg = Segmenter.from_checkpoint(model, device=device, tta=tta)
+    seg = Segmenter.from_checkpoint(model, device=device, tta=tta, domain=domain)
     seg.configure(overlap=overlap, sw_batch_size=sw_batch_size)
     seg.postprocess = _postprocess_config(seg.postprocess, post)
     cases = collect_cases(inputs, seg.channels, channels_per_case)
@@ -142,7 +148,7 @@ def _infer(inputs, model, output, *, fmt, tta, save_probs, uncertainty, device, 
         pred = seg.segment(scan, uncertainty=uncertainty)
         writers = {paths["labels"]: label_writer(pred.labels, scan, case_fmt, seg.labels, medseg3d.__version__)}
         if paths["probs"]:
-            writers[paths["probs"]] = probabilities_writer(pred.probabilities, scan, seg.labels)
+            writers[paths["probs"]] = probabilities_writer(pred.probabilities, scan, seg.labels, seg.regions)
         if paths["uncertainty"]:
             map_fmt = "nifti" if case_fmt == "dicom-seg" else case_fmt
             writers[paths["uncertainty"]] = image_writer(pred.uncertainty, scan, map_fmt)
@@ -168,11 +174,61 @@ def export(
     checkpoint: Path = typer.Argument(..., help="checkpoint file or run folder"),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx or torchscript"),
     output: Path = typer.Option(..., "--output", "-o", help="file to write (.onnx or .pt)"),
+    domain: Optional[str] = typer.Option(None, "--domain", help="multi-domain model: which domain (default: first)"),
 ):
     """Export the network (eval mode) to ONNX or TorchScript; the config, channels and labels go with it."""
     from .inference.export import export_checkpoint
 
-    typer.echo(f"wrote {_run(export_checkpoint, checkpoint, fmt, output)}")
+    typer.echo(f"wrote {_run(export_checkpoint, checkpoint, fmt, output, domain)}")
+
+
+@app.command()
+def evaluate(
+    pred_dir: Path = typer.Argument(..., help="folder of predicted label maps (NIfTI)"),
+    gt_dir: Path = typer.Argument(..., help="folder of reference label maps, matched by file name"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="name=value,... (default: values in the references)"),
+    regions: Optional[str] = typer.Option(None, "--regions",
+                                          help="name=v+v+...,... e.g. WT=1+2+4,TC=1+4,ET=4, or brats (1/2/4), brats2023"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV table (default: PRED_DIR/metrics.csv)"),
+    hd95: bool = typer.Option(True, help="also compute HD95 (mm)"),
+):
+    """Dice and HD95 per case and class/region for two folders, with mean/std rows, as a CSV table."""
+    _run(_evaluate, pred_dir, gt_dir, labels, regions, output, hd95)
+
+
+def _parse_pairs(text: str, what: str, multi: bool):
+    from .errors import MedsegError
+
+    out = {}
+    for item in [t for t in text.split(",") if t.strip()]:
+        if "=" not in item:
+            raise MedsegError(f"--{what}: {item!r} must look like name=value")
+        name, val = item.split("=", 1)
+        try:
+            vals = [int(v) for v in val.split("+")]
+        except ValueError:
+            raise MedsegError(f"--{what}: {val!r} is not an integer label value") from None
+        out[name.strip()] = vals if multi else vals[0]
+    return out
+
+
+def _evaluate(pred_dir, gt_dir, labels, regions, output, hd95):
+    from .data.labels import brats_regions
+    from .engine.metrics import evaluate_folders, summarise, write_table
+
+    lab = _parse_pairs(labels, "labels", False) if labels else None
+    if regions in ("brats", "brats2018"):
+        reg = brats_regions("2018")
+    elif regions == "brats2023":
+        reg = brats_regions("2023")
+    else:
+        reg = _parse_pairs(regions, "regions", True) if regions else None
+    rows = evaluate_folders(pred_dir, gt_dir, lab, reg, hd95=hd95)
+    out = write_table(rows, output or Path(pred_dir) / "metrics.csv")
+    keys = [k for k in rows[0] if k != "case"]
+    mean = summarise(rows, keys)[0]
+    typer.echo(f"{len(rows)} cases; mean " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k != "case"))
+    typer.echo(f"wrote {out}")
 
 
 @app.command()

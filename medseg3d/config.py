@@ -25,17 +25,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Strict):
-    root: str = Field(description="dataset folder (MSD or nnU-Net v2 raw layout)")
-    layout: Literal["auto", "msd", "nnunet"] = "auto"
+class DataSource(_Strict):
+    """Where one data set lives and what its labels mean (the whole ``data`` section, or one ``data.domains``
+    entry of a multi-domain run)."""
+
+    root: Optional[str] = Field(None, description="dataset folder (MSD, nnU-Net v2 raw or BraTS folders)")
+    layout: Literal["auto", "msd", "nnunet", "brats"] = "auto"
     dataset_json: str = "dataset.json"
     channels: Optional[list[str]] = Field(None, description="channel names in input order; default: dataset.json")
     labels: Optional[dict[str, int]] = Field(
         None, description="class name -> label value in the files, background first; default: dataset.json")
-    num_folds: int = Field(5, ge=2)
-    fold: Union[int, Literal["all"]] = Field(0, description="validation fold, or 'all' to train on every case")
-    splits_file: Optional[str] = Field(None, description="JSON list of {'train': [ids], 'val': [ids]} per fold")
-    cache_dir: Optional[str] = Field(None, description="where preprocessed cases are cached; default ~/.cache/medseg3d")
+    brats_labels: Optional[Literal["2018", "2023", "msd"]] = Field(
+        None, description="BraTS label convention: '2018' (1/2/4, 2018-2021), '2023' (1/2/3) or 'msd' (Task01: "
+                          "1 edema, 2 non-enhancing, 3 enhancing); sets data.labels and lets regions be 'brats'")
+    regions: Optional[dict[str, list[int]]] = Field(
+        None, description="region name -> label values, in painting order (largest first), e.g. WT [1,2,4], "
+                          "TC [1,4], ET [4]; or 'brats' with data.brats_labels. Metrics are reported per region")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _brats(cls, v):
+        if not isinstance(v, dict):
+            return v
+        v = dict(v)
+        conv = v.get("brats_labels")
+        if isinstance(conv, int) and not isinstance(conv, bool):
+            conv = v["brats_labels"] = str(conv)
+        if conv in ("2018", "2023", "msd"):
+            from .data.labels import brats_labels, brats_regions
+
+            if v.get("labels") is None:
+                v["labels"] = brats_labels(conv)
+            if v.get("regions") == "brats":
+                v["regions"] = brats_regions(conv)
+        elif v.get("regions") == "brats":
+            raise ValueError("regions: 'brats' needs data.brats_labels ('2018', '2023' or 'msd')")
+        return v
 
     @field_validator("labels")
     @classmethod
@@ -46,6 +71,66 @@ class DataConfig(_Strict):
             if 0 not in v.values():
                 raise ValueError("one label must have the value 0 (background)")
         return v
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, v):
+        if v is not None:
+            from .data.labels import region_write_values
+
+            if not v:
+                raise ValueError("regions must name at least one region")
+            for name, vals in v.items():
+                if not vals or 0 in vals:
+                    raise ValueError(f"region '{name}' needs one or more nonzero label values, got {vals}")
+            region_write_values(v)
+        return v
+
+    @model_validator(mode="after")
+    def _regions_in_labels(self):
+        if self.regions and self.labels:
+            known = set(self.labels.values())
+            for name, vals in self.regions.items():
+                if not set(vals) <= known:
+                    raise ValueError(f"region '{name}' uses label value(s) {sorted(set(vals) - known)} that "
+                                     f"data.labels does not have")
+        return self
+
+
+class DataConfig(DataSource):
+    target: Literal["labels", "regions"] = Field(
+        "labels", description="train on labels (softmax, one class per label) or on data.regions (sigmoid)")
+    domains: Optional[dict[str, DataSource]] = Field(
+        None, description="multi-domain training (u2net3d): domain name -> its own data section")
+    domain_sampling: Literal["random", "round_robin"] = Field(
+        "random", description="how the domain of each batch is chosen (seeded)")
+    num_folds: int = Field(5, ge=2)
+    fold: Union[int, Literal["all"]] = Field(0, description="validation fold, or 'all' to train on every case")
+    splits_file: Optional[str] = Field(None, description="JSON list of {'train': [ids], 'val': [ids]} per fold")
+    cache_dir: Optional[str] = Field(None, description="where preprocessed cases are cached; default ~/.cache/medseg3d")
+
+    @model_validator(mode="after")
+    def _sources(self):
+        if self.domains:
+            if self.root is not None:
+                raise ValueError("give either data.root or data.domains, not both")
+            for name, dom in self.domains.items():
+                if not name.isidentifier():
+                    raise ValueError(f"domain name {name!r} must be an identifier (letters, digits, _)")
+                if dom.root is None:
+                    raise ValueError(f"data.domains.{name}.root is missing")
+                if self.target == "regions" and not dom.regions:
+                    raise ValueError(f"data.target is 'regions' but data.domains.{name}.regions is not set")
+        else:
+            if self.root is None:
+                raise ValueError("missing required key 'data.root'")
+            if self.target == "regions" and not self.regions:
+                raise ValueError("data.target is 'regions' but data.regions is not set")
+        return self
+
+    def sources(self) -> dict[str, DataSource]:
+        """Domain name -> data source; one unnamed ('') source when there are no domains."""
+        return dict(self.domains) if self.domains else {"": self}
 
 
 class PreprocessConfig(_Strict):
@@ -99,8 +184,23 @@ class AugmentConfig(_Strict):
     scale_prob: float = Field(0.0, ge=0, le=1)
     scale_range: float = Field(0.15, ge=0, description="zoom 1±range")
     intensity_prob: float = Field(0.15, ge=0, le=1, description="random intensity scale and shift")
+    intensity_scale: float = Field(0.1, ge=0, description="intensity scaled by 1±this (per channel)")
+    intensity_shift: float = Field(0.1, ge=0, description="intensity shifted by ±this (z-scored units)")
     gamma_prob: float = Field(0.0, ge=0, le=1)
+    gamma_range: list[float] = Field(default_factory=lambda: [0.7, 1.5], description="gamma drawn from [lo, hi]")
+    elastic_prob: float = Field(0.0, ge=0, le=1, description="MONAI Rand3DElasticd")
+    elastic_sigma: list[float] = Field(default_factory=lambda: [5.0, 8.0], description="smoothing, voxels")
+    elastic_magnitude: list[float] = Field(default_factory=lambda: [100.0, 200.0], description="offset magnitude")
     noise_prob: float = Field(0.1, ge=0, le=1)
+    crop_margin: float = Field(1.25, ge=1, description="spatial augmentation works on a region this many times "
+                                                          "the patch, then keeps the central patch")
+
+    @field_validator("gamma_range", "elastic_sigma", "elastic_magnitude")
+    @classmethod
+    def _range(cls, v):
+        if len(v) != 2 or v[0] > v[1] or v[0] < 0:
+            raise ValueError(f"must be [low, high] with 0 <= low <= high, got {v}")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -108,6 +208,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(2, ge=1)
     epochs: int = Field(50, ge=1)
     iters_per_epoch: int = Field(250, ge=1)
+    iterations: Optional[int] = Field(None, ge=1, description="total iterations; when set it replaces epochs "
+                                                               "(ceil(iterations / iters_per_epoch) epochs)")
     budget: Optional[str] = Field(None, description="wall-clock limit, e.g. '90s', '10m', '2h'")
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
@@ -115,6 +217,7 @@ class TrainConfig(_Strict):
     momentum: float = Field(0.99, ge=0, lt=1, description="SGD only")
     scheduler: Literal["none", "poly", "cosine"] = "poly"
     poly_power: float = 0.9
+    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up from 0 (epochs, may be a fraction)")
     loss: str = "dice_ce"
     loss_params: dict[str, Any] = Field(default_factory=dict)
     fg_oversample: float = Field(0.33, ge=0, le=1, description="share of patches centred on foreground")
@@ -124,6 +227,7 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     device: str = "auto"
     seed: int = 0
+    tensorboard: bool = Field(True, description="also log to RUN/tensorboard")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("loss")
@@ -186,7 +290,19 @@ class Config(_Strict):
             raise ValueError("train.patch_size must be three positive integers")
         elif self.model.context_slices:
             raise ValueError("model.context_slices needs model.spatial_dims: 2")
+        if self.data.domains and self.model.name != "u2net3d":
+            raise ValueError(f"data.domains needs a multi-domain model (u2net3d), not '{self.model.name}'")
         return self
+
+    @property
+    def total_epochs(self) -> int:
+        t = self.train
+        return -(-t.iterations // t.iters_per_epoch) if t.iterations else t.epochs
+
+    @property
+    def total_iterations(self) -> int:
+        t = self.train
+        return t.iterations if t.iterations else t.epochs * t.iters_per_epoch
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -298,10 +414,13 @@ def apply_override(raw: dict, item: str, source: str = "--set") -> None:
 def _resolve_paths(raw: dict, base: Path) -> None:
     data = raw.get("data")
     if isinstance(data, dict):
-        for k in ("root", "cache_dir", "splits_file"):
-            if isinstance(data.get(k), str):
-                p = Path(data[k]).expanduser()
-                data[k] = str(p if p.is_absolute() else (base / p).resolve())
+        sections = [data] + [d for d in (data.get("domains") or {}).values() if isinstance(d, dict)] \
+            if isinstance(data.get("domains") or {}, dict) else [data]
+        for sec in sections:
+            for k in ("root", "cache_dir", "splits_file"):
+                if isinstance(sec.get(k), str):
+                    p = Path(sec[k]).expanduser()
+                    sec[k] = str(p if p.is_absolute() else (base / p).resolve())
 
 
 def load_config(path: str | Path | dict | Config, overrides: list[str] | None = None) -> Config:

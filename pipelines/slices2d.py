@@ -17,13 +17,14 @@ import numpy as np
 
 import medseg3d
 from medseg3d.engine.metrics import dice_per_class
-from medseg3d.io.nifti import atomic_save, read_label
+from medseg3d.io.nifti import read_label
 from medseg3d.io.preview import save_preview
+from medseg3d.io.writers import write_image
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(REPO / "configs" / "slices2d_unet.yaml"),
                     help="a configs/slices2d_*.yaml (or any config with model.spatial_dims: 2)")
@@ -31,7 +32,7 @@ def main() -> None:
     ap.add_argument("--context-slices", type=int, default=None, help="2.5D: neighbours on each side as channels")
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. --set train.lr=0.001")
     ap.add_argument("--out", default="slices2d_output", help="output folder (default slices2d_output)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out = Path(args.out)
 
     overrides = [f"train.budget={args.budget}", f"output_dir={out / 'runs'}", *args.set]
@@ -50,19 +51,23 @@ def main() -> None:
     meta = json.loads((root / cfg.data.dataset_json).read_text())
     names = [n for n, v in seg.labels.items() if v != 0]
     values = [v for v in seg.labels.values() if v != 0]
+    results: dict = {"run_dir": run_dir, "predictions": [], "dice": {}}
     for rel in meta.get("test", []):
         scan_path = root / rel
         scan = seg.read(scan_path)
-        pred = seg.predict_scan(scan)
-        seg_path = atomic_save(pred, out / f"{scan.name}_seg.nii.gz")
-        labels = np.asarray(pred.dataobj)
+        pred = seg.segment(scan)
+        seg_path = write_image(pred.labels, scan, out / f"{scan.name}_seg.nii.gz")
+        labels = pred.labels
         save_preview(scan, labels, seg.labels, out / f"{scan.name}_overlay.png", title=f"{scan.name}: prediction")
-        line = f"{scan.name}: {seg.last_runtime:.1f}s -> {seg_path}"
+        results["predictions"].append(seg_path)
+        line = f"{scan.name}: {pred.runtime_s:.1f}s -> {seg_path}"
         ref_path = root / "labelsTs" / scan_path.name
         if ref_path.exists():
             dice = dice_per_class(labels, read_label(ref_path), values)
+            results["dice"][scan.name] = dict(zip(names, dice))
             line += "; Dice " + ", ".join(f"{n} {d:.3f}" for n, d in zip(names, dice)) + f"; mean {np.nanmean(dice):.3f}"
         print(line)
+    return results
 
 
 if __name__ == "__main__":

@@ -100,4 +100,5 @@ def test_every_shipped_config_validates():
     assert configs, "configs/ has no YAML file"
     for p in configs:
         cfg = load_config(p)
-        assert Path(cfg.data.root).is_dir(), f"{p}: data.root {cfg.data.root} does not exist"
+        for src in cfg.data.sources().values():  # data.root, or each of data.domains
+            assert Path(src.root).is_dir(), f"{p}: data root {src.root} does not exist"

@@ -8,6 +8,10 @@ Two raw layouts are read:
 - **nnU-Net v2 raw**: ``imagesTr/CASE_0000.nii.gz`` ... one file per channel, ``labelsTr/CASE.nii.gz``,
   ``dataset.json`` with ``channel_names``, ``labels`` (name -> value) and ``file_ending``.
 
+- **BraTS folders**: ``CASE/CASE_t1.nii.gz``, ``_t1ce``, ``_t2``, ``_flair`` and ``_seg`` (2018-2021), or
+  ``CASE/CASE-t1n.nii.gz``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg`` (2023); no dataset.json. Cases without a
+  segmentation are test cases. The label convention (1/2/4 or 1/2/3) comes from ``data.brats_labels``.
+
 A case is a dict ``{"id": str, "image": [paths], "label": path | None}``.
 """
 
@@ -123,6 +127,46 @@ def _nnunet(root: Path, meta: dict, path: Path) -> DatasetInfo:
     return DatasetInfo(root, "nnunet", channels, labels, training, cases("imagesTs", None))
 
 
+BRATS_CHANNELS = ["T1", "T1ce", "T2", "FLAIR"]
+# file suffixes in BRATS_CHANNELS order + the segmentation, per naming scheme
+BRATS_NAMING = {"2018": (("_t1", "_t1ce", "_t2", "_flair"), "_seg"),
+                "2023": (("-t1n", "-t1c", "-t2w", "-t2f"), "-seg")}
+
+
+def _brats_naming(case_dir: Path) -> tuple[tuple[str, ...], str] | None:
+    for suffixes, seg in BRATS_NAMING.values():
+        if (case_dir / f"{case_dir.name}{suffixes[0]}.nii.gz").is_file():
+            return suffixes, seg
+    return None
+
+
+def is_brats_folder(root: Path) -> bool:
+    return any(d.is_dir() and _brats_naming(d) for d in root.iterdir())
+
+
+def _brats(root: Path) -> DatasetInfo:
+    """BraTS case folders: one sub-folder per case holding its four channel files and (training) its _seg."""
+    training, test = [], []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        naming = _brats_naming(d)
+        if naming is None:
+            continue
+        suffixes, seg_suffix = naming
+        image = [d / f"{d.name}{s}.nii.gz" for s in suffixes]
+        for f in image:
+            if not f.is_file():
+                raise MedsegError(f"{f}: missing channel file for BraTS case '{d.name}'")
+        seg = d / f"{d.name}{seg_suffix}.nii.gz"
+        case = {"id": d.name, "image": [str(f) for f in image], "label": str(seg) if seg.is_file() else None}
+        (training if seg.is_file() else test).append(case)
+    if not training:
+        raise MedsegError(f"{root}: no BraTS case folders with a segmentation (CASE/CASE_t1.nii.gz ... "
+                          f"CASE/CASE_seg.nii.gz) found")
+    from .labels import brats_labels
+
+    return DatasetInfo(root, "brats", list(BRATS_CHANNELS), brats_labels("2018"), training, test)
+
+
 def load_dataset(root: str | Path, layout: str = "auto", dataset_json: str = "dataset.json",
                  channels: list[str] | None = None, labels: dict[str, int] | None = None) -> DatasetInfo:
     """Read a dataset folder; ``channels``/``labels`` from the config take precedence over dataset.json."""
@@ -130,13 +174,19 @@ def load_dataset(root: str | Path, layout: str = "auto", dataset_json: str = "da
     if not root.is_dir():
         raise MedsegError(f"{root}: dataset folder not found")
     path = root / dataset_json
-    meta = _read_json(path)
-    if layout == "auto":
-        layout = "msd" if "training" in meta else "nnunet"
-    info = _msd(root, meta, path) if layout == "msd" else _nnunet(root, meta, path)
+    if layout == "auto" and not path.is_file() and is_brats_folder(root):
+        layout = "brats"
+    if layout == "brats":
+        info = _brats(root)
+    else:
+        meta = _read_json(path)
+        if layout == "auto":
+            layout = "msd" if "training" in meta else "nnunet"
+        info = _msd(root, meta, path) if layout == "msd" else _nnunet(root, meta, path)
     if channels is not None:
         if len(channels) != len(info.channels):
-            raise MedsegError(f"{path}: the config names {len(channels)} channels but the dataset has {len(info.channels)}")
+            raise MedsegError(f"{path if layout != 'brats' else root}: the config names {len(channels)} channels "
+                              f"but the dataset has {len(info.channels)}")
         info.channels = list(channels)
     if labels is not None:
         info.labels = dict(sorted(labels.items(), key=lambda kv: kv[1]))
@@ -145,6 +195,11 @@ def load_dataset(root: str | Path, layout: str = "auto", dataset_json: str = "da
             if not Path(f).is_file():
                 raise MedsegError(f"{f}: listed in {path} but not found")
     return info
+
+
+def load_source(src) -> DatasetInfo:
+    """Read the dataset of one config data section (:class:`medseg3d.config.DataSource`)."""
+    return load_dataset(src.root, src.layout, src.dataset_json, src.channels, src.labels)
 
 
 def make_splits(ids: list[str], num_folds: int, seed: int) -> list[dict[str, list[str]]]:

@@ -8,6 +8,7 @@ Random patch sampling and augmentation come after the cache.
 
 from __future__ import annotations
 
+import math
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -75,41 +76,79 @@ def preprocess_transforms(cfg: Config, label_values: Sequence[int] | None = None
     return out
 
 
-def augment_transforms(cfg: Config) -> list:
-    """Random patch sampling (with foreground oversampling) and augmentation, applied after the cache."""
+class LabelToRegionsd(mt.MapTransform):
+    """A label map of file values (1, *spatial) -> region masks (R, *spatial), float 0/1."""
+
+    def __init__(self, keys, regions: Mapping[str, Sequence[int]]):
+        super().__init__(keys)
+        self.regions = {k: list(v) for k, v in regions.items()}
+
+    def __call__(self, data: Mapping) -> dict:
+        from .labels import labels_to_regions
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lab = torch.as_tensor(d[key])
+            masks = labels_to_regions(lab[0].round().long(), self.regions)
+            d[key] = MetaTensor(masks, meta=d[key].meta) if isinstance(d[key], MetaTensor) else masks
+        return d
+
+
+def augment_transforms(cfg: Config, regions: Mapping[str, Sequence[int]] | None = None) -> list:
+    """Random patch sampling (with foreground oversampling) and augmentation, applied after the cache.
+
+    Spatial augmentation (rotation, scaling, elastic deformation) never warps the whole volume: in 3D a region
+    ``augment.crop_margin`` times the patch is cropped first and MONAI's RandAffined / Rand3DElasticd resample
+    it with ``spatial_size`` = the patch (keeping the centre, so the corners a rotation brings in come from real
+    image, not padding). With ``regions`` the label becomes region masks (R channels) at the end."""
     if cfg.model.spatial_dims == 2:  # 2D/2.5D samples slices from the same cached volumes
         from .slices import slice_sampling_transforms
 
-        return slice_sampling_transforms(cfg) + augmentation(cfg, spatial_dims=2)
-    t = cfg.train
+        return slice_sampling_transforms(cfg) + augmentation(cfg, spatial_dims=2, regions=regions)
+    t, a = cfg.train, cfg.train.augment
     keys = ["image", "label"]
+    spatial = a.rotate_prob > 0 or a.scale_prob > 0 or a.elastic_prob > 0
+    region = [int(math.ceil(p * a.crop_margin)) for p in t.patch_size] if spatial else list(t.patch_size)
     return [
-        mt.SpatialPadd(keys=keys, spatial_size=t.patch_size),
-        mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=t.patch_size,
+        mt.SpatialPadd(keys=keys, spatial_size=region),
+        mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=region,
                                   pos=t.fg_oversample, neg=1.0 - t.fg_oversample, num_samples=1),
-    ] + augmentation(cfg, spatial_dims=3)
+    ] + augmentation(cfg, spatial_dims=3, regions=regions)
 
 
-def augmentation(cfg: Config, spatial_dims: int) -> list:
+def augmentation(cfg: Config, spatial_dims: int, regions: Mapping[str, Sequence[int]] | None = None) -> list:
     """The augmentation recipe on sampled patches of ``spatial_dims`` axes (rotation is one in-plane angle in
-    2D, one per axis in 3D), ending with plain float tensors."""
+    2D, one per axis in 3D), ending with plain float tensors. In 3D the input is the larger sampled region and
+    the output the patch; in 2D the input already has the patch size (no elastic deformation there)."""
     a = cfg.train.augment
     keys = ["image", "label"]
+    patch = list(cfg.train.patch_size) if spatial_dims == 3 else None
+    affine = a.rotate_prob > 0 or a.scale_prob > 0
+    elastic = a.elastic_prob > 0 and spatial_dims == 3
     out: list = []
-    if a.rotate_prob > 0 or a.scale_prob > 0:
+    if affine:
         out.append(mt.RandAffined(keys=keys, prob=max(a.rotate_prob, a.scale_prob),
                                   rotate_range=[a.rotate_range] * (1 if spatial_dims == 2 else 3)
                                   if a.rotate_prob > 0 else None,
                                   scale_range=[a.scale_range] * spatial_dims if a.scale_prob > 0 else None,
+                                  spatial_size=None if elastic else patch,
                                   mode=("bilinear", "nearest"), padding_mode="zeros"))
+    if elastic:
+        out.append(mt.Rand3DElasticd(keys=keys, prob=a.elastic_prob, sigma_range=tuple(a.elastic_sigma),
+                                     magnitude_range=tuple(a.elastic_magnitude), spatial_size=patch,
+                                     mode=("bilinear", "nearest"), padding_mode="zeros"))
+    if patch is not None and (affine or a.elastic_prob > 0):  # the sampled region -> the patch, fired or not
+        out.append(mt.CenterSpatialCropd(keys=keys, roi_size=patch))
     if a.flip_prob > 0:
         out += [mt.RandFlipd(keys=keys, prob=a.flip_prob, spatial_axis=ax) for ax in range(spatial_dims)]
     if a.intensity_prob > 0:
-        out += [mt.RandScaleIntensityd(keys="image", factors=0.1, prob=a.intensity_prob),
-                mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=a.intensity_prob)]
+        out += [mt.RandScaleIntensityd(keys="image", factors=a.intensity_scale, prob=a.intensity_prob),
+                mt.RandShiftIntensityd(keys="image", offsets=a.intensity_shift, prob=a.intensity_prob)]
     if a.gamma_prob > 0:
-        out.append(mt.RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=a.gamma_prob))
+        out.append(mt.RandAdjustContrastd(keys="image", gamma=tuple(a.gamma_range), prob=a.gamma_prob))
     if a.noise_prob > 0:
         out.append(mt.RandGaussianNoised(keys="image", prob=a.noise_prob, std=0.1))
+    if regions:
+        out.append(LabelToRegionsd(keys="label", regions=regions))
     out.append(mt.EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False))
     return out

@@ -1,6 +1,17 @@
-"""Overlap metrics on label maps."""
+"""Overlap and distance metrics: Dice and HD95 per class or region (MONAI's DiceMetric and
+HausdorffDistanceMetric with percentile=95), per case and summarised; the same table for the trainer's final
+validation and for ``medseg3d evaluate PRED_DIR GT_DIR``.
+
+Conventions: a structure absent from both prediction and reference has Dice NaN (left out of means, counted
+in ``n``); HD95 is NaN when either is empty. HD95 is in millimetres when the voxel spacing is given.
+"""
 
 from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -15,3 +26,118 @@ def dice_per_class(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tens
         denom = int(p.sum() + r.sum())
         out.append(float("nan") if denom == 0 else 2.0 * int((p & r).sum()) / denom)
     return out
+
+
+def structures(labels: Mapping[str, int], regions: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[int]]:
+    """The structures metrics are reported on: the regions when given, else each foreground label."""
+    if regions:
+        return {k: list(v) for k, v in regions.items()}
+    return {name: [v] for name, v in labels.items() if v != 0}
+
+
+def masks_of(label: np.ndarray | torch.Tensor, structs: Mapping[str, Sequence[int]]) -> torch.Tensor:
+    """A label map (X, Y, Z) of file values -> boolean masks (S, X, Y, Z), one per structure."""
+    lab = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label)
+    return torch.stack([torch.isin(lab, torch.as_tensor(list(v), dtype=lab.dtype)) for v in structs.values()])
+
+
+def case_metrics(pred_masks: torch.Tensor, ref_masks: torch.Tensor, names: Sequence[str],
+                 spacing: Sequence[float] | None = None, hd95: bool = True) -> dict[str, float]:
+    """Dice (and HD95) per structure of one case from boolean masks (S, X, Y, Z):
+    ``{"dice_<name>": ..., "hd95_<name>": ...}``."""
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric
+
+    p = torch.as_tensor(pred_masks).bool()[None].float()
+    r = torch.as_tensor(ref_masks).bool()[None].float()
+    p_any = p.flatten(2).amax(-1)[0].bool()
+    r_any = r.flatten(2).amax(-1)[0].bool()
+    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(p, r)[0]
+    out: dict[str, float] = {}
+    for i, n in enumerate(names):
+        out[f"dice_{n}"] = float("nan") if not (p_any[i] or r_any[i]) else float(dice[i])
+    if hd95:
+        kw = {"spacing": [float(s) for s in spacing]} if spacing is not None else {}
+        import warnings
+
+        with warnings.catch_warnings():  # MONAI's own deprecation notice about an argument it passes itself
+            warnings.simplefilter("ignore")
+            hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(p, r, **kw)[0]
+        for i, n in enumerate(names):
+            v = float(hd[i])
+            out[f"hd95_{n}"] = v if (p_any[i] and r_any[i] and math.isfinite(v)) else float("nan")
+    return out
+
+
+def summarise(rows: list[dict], keys: Sequence[str]) -> list[dict]:
+    """mean / std / n rows (NaN ignored) for the metric columns ``keys``."""
+    out = []
+    for stat in ("mean", "std", "n"):
+        row: dict = {"case": stat}
+        for k in keys:
+            vals = np.array([r[k] for r in rows if k in r], dtype=float)
+            vals = vals[~np.isnan(vals)]
+            if stat == "n":
+                row[k] = int(vals.size)
+            elif vals.size:
+                row[k] = float(vals.mean() if stat == "mean" else vals.std())
+            else:
+                row[k] = float("nan")
+        out.append(row)
+    return out
+
+
+def write_table(rows: list[dict], path: str | Path, extra_first: Sequence[str] = ()) -> Path:
+    """Per-case rows + the summary rows as CSV; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in rows[0] if k not in ("case", *extra_first)] if rows else []
+    fields = ["case", *extra_first, *keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows + summarise(rows, keys):
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return path
+
+
+def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, labels: Mapping[str, int] | None = None,
+                     regions: Mapping[str, Sequence[int]] | None = None, hd95: bool = True) -> list[dict]:
+    """Match label maps (NIfTI, NRRD, MHA) by case name in two folders and score each pair. ``labels`` (name
+    -> value) default to the nonzero values found in the references, named ``label_<v>``."""
+    from ..errors import MedsegError
+    from ..io.readers import read_scan
+    from ..io.scan import IMAGE_SUFFIXES, case_name
+
+    def files(d: Path) -> dict[str, Path]:
+        if not d.is_dir():
+            raise MedsegError(f"{d}: folder not found")
+        return {case_name(p): p for p in sorted(d.iterdir())
+                if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)}
+
+    def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        scan = read_scan(path)
+        if scan.data.shape[0] != 1:
+            raise MedsegError(f"{path}: a label map must have one channel, got {scan.data.shape[0]}")
+        if not np.allclose(scan.data, np.round(scan.data)):
+            raise MedsegError(f"{path}: a label map must hold integers")
+        return np.round(scan.data[0]).astype(np.int32), scan.affine
+
+    preds, gts = files(Path(pred_dir)), files(Path(gt_dir))
+    common = sorted(set(preds) & set(gts))
+    if not common:
+        raise MedsegError(f"{pred_dir}: no prediction matches a reference in {gt_dir} by file name")
+    refs = {c: read(gts[c]) for c in common}
+    if labels is None and not regions:
+        values = sorted({int(v) for r, _ in refs.values() for v in np.unique(r)} - {0})
+        labels = {f"label_{v}": v for v in values}
+    structs = structures(labels or {}, regions)
+    rows = []
+    for c in common:
+        pred, _ = read(preds[c])
+        ref, affine = refs[c]
+        if pred.shape != ref.shape:
+            raise MedsegError(f"{preds[c]}: shape {pred.shape} differs from the reference's {ref.shape}")
+        spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        rows.append({"case": c, **case_metrics(masks_of(pred, structs), masks_of(ref, structs),
+                                               list(structs), spacing, hd95)})
+    return rows

@@ -30,27 +30,31 @@ META_KEY = "medseg3d"
 class _Logits(torch.nn.Module):
     """The network's full-resolution logits only (what the sliding window needs)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, domain: str | None = None):
         super().__init__()
         self.model = model
+        self.domain = domain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return main_output(self.model(x))
+        return main_output(self.model(x, domain=self.domain) if self.domain else self.model(x))
 
 
-def export_checkpoint(checkpoint: PathLike, fmt: str, output: PathLike) -> Path:
-    """Write the checkpoint's network (eval mode, on the CPU) as ONNX or TorchScript to ``output``."""
+def export_checkpoint(checkpoint: PathLike, fmt: str, output: PathLike, domain: str | None = None) -> Path:
+    """Write the checkpoint's network (eval mode, on the CPU) as ONNX or TorchScript to ``output``; for a
+    multi-domain model, the sub-network of ``domain`` (default: the first)."""
     from .segmenter import Segmenter
 
     if fmt not in EXPORT_FORMATS:
         raise MedsegError(f"unknown export format '{fmt}'; use {' or '.join(EXPORT_FORMATS)}")
-    seg = Segmenter.from_checkpoint(checkpoint, device="cpu")
+    seg = Segmenter.from_checkpoint(checkpoint, device="cpu", domain=domain)
     if Path(output).resolve() == Path(seg.members[0].source).resolve():
         raise MedsegError(f"{output}: would overwrite the checkpoint; choose another output file")
-    net = _Logits(seg.members[0].model).eval()
+    member = seg.members[0]
+    net = _Logits(member.model, member.domain).eval()
     cfg = seg.config
     example = torch.zeros(1, len(seg.channels), *cfg.train.patch_size)
-    meta = json.dumps({"config": cfg.model_dump(mode="json"), "channels": seg.channels, "labels": seg.labels})
+    meta = json.dumps({"config": cfg.model_dump(mode="json"), "channels": seg.channels, "labels": seg.labels,
+                       "regions": seg.regions, "domain": member.domain})
     if fmt == "onnx":
         import onnx
 
@@ -84,11 +88,14 @@ class OnnxModel(torch.nn.Module):
         return torch.from_numpy(out).to(x.device)
 
 
-def load_onnx(path: PathLike) -> tuple[OnnxModel, Config, list[str], dict[str, int]]:
-    """An exported ONNX file -> (model, config, channel names, labels)."""
+def load_onnx(path: PathLike) -> tuple[OnnxModel, Config, dict]:
+    """An exported ONNX file -> (model, config, head): head holds the channel names, labels, regions (None
+    for softmax outputs) and the domain it was exported for (None for single-domain models)."""
     model = OnnxModel(path)
     raw = model.session.get_modelmeta().custom_metadata_map.get(META_KEY)
     if raw is None:
         raise MedsegError(f"{path}: ONNX model has no medseg3d metadata; export it with 'medseg3d export'")
     meta = json.loads(raw)
-    return model, validate_config(meta["config"], source=str(path)), meta["channels"], meta["labels"]
+    head = {"channels": meta["channels"], "labels": meta["labels"], "regions": meta.get("regions"),
+            "domain": meta.get("domain")}
+    return model, validate_config(meta["config"], source=str(path)), head

@@ -17,24 +17,26 @@ GPU_FALLBACK_WARNING = "volume does not fit in GPU memory; stitching on the CPU"
 
 
 def predict_logits(model: torch.nn.Module, image: torch.Tensor, cfg: Config,
-                   device: torch.device | str = "cpu", out_device: torch.device | str = "cpu") -> torch.Tensor:
+                   device: torch.device | str = "cpu", out_device: torch.device | str = "cpu",
+                   domain: str | None = None) -> torch.Tensor:
     """Logits (N, C, *spatial) for a batch of preprocessed volumes (N, C_in, *spatial) by a MONAI sliding
     window over ``train.patch_size`` windows with the config's overlap and blending. Windows run on
     ``device``; the stitched result is accumulated on ``out_device``. A 2D model (``model.spatial_dims: 2``)
-    runs slice by slice (:mod:`medseg3d.inference.slices`). When stitching on a GPU runs out of memory, it
-    warns once and stitches on the CPU instead (windows stay on the GPU)."""
+    runs slice by slice (:mod:`medseg3d.inference.slices`). ``domain`` selects the sub-network of a
+    multi-domain model (u2net3d). When stitching on a GPU runs out of memory, it warns once and stitches on
+    the CPU instead (windows stay on the GPU)."""
     out_device = torch.device(out_device)
     try:
-        return _sliding_window(model, image, cfg, device, out_device)
+        return _sliding_window(model, image, cfg, device, out_device, domain)
     except torch.cuda.OutOfMemoryError:
         if out_device.type == "cpu":
             raise
         torch.cuda.empty_cache()
         warnings.warn(GPU_FALLBACK_WARNING, RuntimeWarning, stacklevel=2)
-        return _sliding_window(model, image, cfg, device, torch.device("cpu"))
+        return _sliding_window(model, image, cfg, device, torch.device("cpu"), domain)
 
 
-def _sliding_window(model, image, cfg, device, out_device) -> torch.Tensor:
+def _sliding_window(model, image, cfg, device, out_device, domain=None) -> torch.Tensor:
     if cfg.model.spatial_dims == 2:
         from .slices import predict_logits_slices
 
@@ -42,7 +44,7 @@ def _sliding_window(model, image, cfg, device, out_device) -> torch.Tensor:
     inf = cfg.infer
 
     def net(x: torch.Tensor) -> torch.Tensor:
-        return main_output(model(x))
+        return main_output(model(x, domain=domain) if domain else model(x))
 
     was_training = model.training
     model.eval()
@@ -62,11 +64,13 @@ def mirror_axes(spatial_dims: int = 3) -> list[tuple[int, ...]]:
 
 
 def probability_passes(model: torch.nn.Module, image: torch.Tensor, cfg: Config, device: torch.device | str = "cpu",
-                       tta: bool = False) -> Iterator[torch.Tensor]:
-    """Softmax probabilities (N, C, *spatial) of each pass: one plain pass, or with ``tta`` one per mirroring
-    of the spatial axes (2^3 in 3D), each flipped back onto the input grid. Windows run and are stitched
-    on ``device`` (on a GPU that runs out of memory, stitched on the CPU)."""
+                       tta: bool = False, domain: str | None = None, sigmoid: bool = False) -> Iterator[torch.Tensor]:
+    """Probabilities (N, C, *spatial) of each pass (softmax, or with ``sigmoid`` one per region output): one
+    plain pass, or with ``tta`` one per mirroring of the spatial axes (2^3 in 3D), each flipped back onto the
+    input grid. Windows run and are stitched on ``device`` (on a GPU that runs out of memory, stitched on the
+    CPU)."""
     for axes in mirror_axes(image.ndim - 2) if tta else [()]:
         x = torch.flip(image, axes) if axes else image
-        probs = torch.softmax(predict_logits(model, x, cfg, device, out_device=device).float(), dim=1)
+        logits = predict_logits(model, x, cfg, device, out_device=device, domain=domain).float()
+        probs = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=1)
         yield torch.flip(probs, axes) if axes else probs

@@ -4,7 +4,8 @@ A checkpoint carries the resolved config, channel names and label names, so noth
 goes through the same preprocessing as training (built from that config); the network runs as a MONAI sliding
 window with gaussian blending, optionally over all mirrorings (TTA); class probabilities are mapped back to
 the scan's grid by inverting the preprocessing (crop, resampling, reorientation), averaged over the ensemble's
-members, turned into labels with the file values the config names, and postprocessed.
+members, turned into labels with the file values the config names, and postprocessed. A region-trained model
+(sigmoid outputs, e.g. BraTS WT/TC/ET) has its thresholded regions painted back to label values.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
 
-from ..config import Config, PostprocessConfig, validate_config
+from ..config import Config, PostprocessConfig
+from ..data.labels import regions_to_labels
 from ..data.transforms import preprocess_transforms, scan_to_metatensor
 from ..engine.checkpoint import load_checkpoint
-from ..engine.trainer import build_model_from_config, pick_device
+from ..engine.trainer import model_from_checkpoint, pick_device
 from ..errors import MedsegError
 from ..io.nifti import label_dtype, nifti_like
 from ..io.readers import read_scan, scan_from_image
@@ -44,12 +46,13 @@ class Member:
     config: Config
     source: str
     pre: mt.Compose
+    domain: Optional[str] = None  # the sub-network of a multi-domain model
 
 
 @dataclass
 class Prediction:
     """What segmenting one scan gives, all on the scan's own grid: ``labels`` (X, Y, Z, file values),
-    ``probabilities`` (C, X, Y, Z) and ``uncertainty`` (X, Y, Z) when asked for."""
+    ``probabilities`` (C, X, Y, Z; region probabilities (R, ...) for a region-trained model) and ``uncertainty`` (X, Y, Z) when asked for."""
 
     scan: Scan
     labels: np.ndarray
@@ -67,39 +70,47 @@ class Segmenter:
     """
 
     def __init__(self, model: torch.nn.Module, config: Config, channels: list[str], labels: dict[str, int],
-                 device: str | torch.device = "auto", source: str = "model", tta: bool = False):
+                 device: str | torch.device = "auto", source: str = "model", tta: bool = False,
+                 regions: dict[str, list[int]] | None = None, domain: str | None = None):
         self.channels = list(channels)
         self.labels = dict(labels)
+        self.regions = {k: list(v) for k, v in regions.items()} if regions else None  # sigmoid region outputs
         self.device = pick_device(device) if isinstance(device, str) else device
         self.members: list[Member] = []
         self.tta = tta
         self.postprocess: PostprocessConfig = config.postprocess.model_copy(deep=True)
-        self.add_member(model, config, source)
+        self.add_member(model, config, source, domain)
 
-    def add_member(self, model: torch.nn.Module, config: Config, source: str = "model") -> None:
-        """Add a network to the ensemble (same channels and labels); probabilities are averaged."""
+    def add_member(self, model: torch.nn.Module, config: Config, source: str = "model",
+                   domain: str | None = None) -> None:
+        """Add a network to the ensemble (same channels, labels and regions); probabilities are averaged.
+        ``domain`` picks the sub-network of a multi-domain model."""
         pre = mt.Compose(preprocess_transforms(config, keys=("image",)))
-        self.members.append(Member(model.to(self.device).eval(), config, source, pre))
+        self.members.append(Member(model.to(self.device).eval(), config, source, pre, domain))
 
     @classmethod
     def from_checkpoint(cls, paths: PathInput | Sequence[PathInput], device: str = "auto",
-                        tta: bool = False) -> "Segmenter":
+                        tta: bool = False, domain: str | None = None) -> "Segmenter":
         """Load a checkpoint file, a run folder (its best.pt) or an ONNX file from ``medseg3d export``;
-        several make an ensemble, which must share channel names and labels."""
+        several make an ensemble, which must share channel names, labels and regions. ``domain`` picks the
+        sub-network of a multi-domain model (default: its first domain)."""
         plist = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not plist:
             raise MedsegError("no checkpoint given")
         seg = None
         for path in plist:
-            model, cfg, channels, labels, source = _load_model(path)
+            model, cfg, head, source = _load_model(path, domain)
             if seg is None:
-                seg = cls(model, cfg, channels, labels, device=device, source=source, tta=tta)
+                seg = cls(model, cfg, head["channels"], head["labels"], device=device, source=source, tta=tta,
+                          regions=head["regions"], domain=head["domain"])
                 continue
-            for what, mine, theirs in (("channels", seg.channels, channels), ("labels", seg.labels, labels)):
+            for what, mine, theirs in (("channels", seg.channels, head["channels"]),
+                                       ("labels", seg.labels, head["labels"]),
+                                       ("regions", seg.regions, head["regions"] or None)):
                 if mine != theirs:
                     raise MedsegError(f"{source}: its {what} {theirs} differ from {seg.members[0].source}'s "
-                                      f"{mine}; ensemble members must share channels and labels")
-            seg.add_member(model, cfg, source)
+                                      f"{mine}; ensemble members must share channels, labels and regions")
+            seg.add_member(model, cfg, source, head["domain"])
         return seg
 
     @property
@@ -143,7 +154,8 @@ class Segmenter:
         d = m.pre({"image": scan_to_metatensor(scan)})
         x: MetaTensor = d["image"]
         total, total_sq, n = 0, 0, 0
-        for p in probability_passes(m.model, x.as_tensor()[None], m.config, self.device, self.tta):
+        for p in probability_passes(m.model, x.as_tensor()[None], m.config, self.device, self.tta,
+                                    domain=m.domain, sigmoid=self.regions is not None):
             total = total + p[0]
             if second:
                 total_sq = total_sq + p[0] ** 2
@@ -156,22 +168,33 @@ class Segmenter:
         return out, n
 
     def probabilities(self, scan: Scan, variance: bool = False) -> tuple[np.ndarray, Optional[np.ndarray], int]:
-        """Class probabilities (C, X, Y, Z) on the scan's grid averaged over TTA passes and ensemble members;
-        with ``variance``, also the per-voxel variance over all passes (mean over classes); and the number
-        of passes. Voxels outside the preprocessing crop are background."""
+        """Class probabilities (C, X, Y, Z) on the scan's grid averaged over TTA passes and ensemble members
+        (region probabilities (R, ...) for a region-trained model); with ``variance``, also the per-voxel
+        variance over all passes (mean over classes); and the number of passes. Voxels outside the
+        preprocessing crop are background."""
         if not np.any(scan.data):
             raise MedsegError(f"{scan.name}: the image is empty (every voxel is zero)")
         runs = [self._member_moments(m, scan, variance) for m in self.members]
         passes = sum(n for _, n in runs)
         moments = sum(out * n for out, n in runs) / passes
-        c = len(self.labels)
+        c = len(self.regions or self.labels)
         probs = moments[:c]
         var = np.clip(moments[c:] - probs ** 2, 0, None).mean(0) if variance else None
-        probs[0] += np.clip(1 - probs.sum(0), 0, None)  # outside the crop nothing was predicted: background
+        if not self.regions:  # outside the crop nothing was predicted: background (regions are 0 there already)
+            probs[0] += np.clip(1 - probs.sum(0), 0, None)
         return probs, var, passes
 
+    @property
+    def outputs(self) -> list[str]:
+        """What the probability channels are: class names, or region names for a region-trained model."""
+        return list(self.regions or self.labels)
+
     def labels_from_probabilities(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities on the scan's grid -> label values: argmax over classes, or for region outputs
+        thresholds at 0.5 painted in region order (BraTS: WT -> 2, TC -> 1, ET -> 4 or 3)."""
         values = np.asarray(list(self.labels.values()))
+        if self.regions:
+            return regions_to_labels(probs, self.regions, dtype=label_dtype(values))
         return values[np.argmax(probs, axis=0)].astype(label_dtype(values))
 
     def segment(self, scan: Scan, uncertainty: Uncertainty | None = None) -> Prediction:
@@ -185,8 +208,8 @@ class Segmenter:
             raise MedsegError("variance needs several passes: turn on TTA or give several models")
         labels = postprocess(self.labels_from_probabilities(probs), self.postprocess, self.labels,
                              scan.voxel_volume_mm3)
-        unc = var if uncertainty == "variance" else (
-            -(probs * np.log(np.clip(probs, 1e-12, None))).sum(0) if uncertainty == "entropy" else None)
+        unc = var if uncertainty == "variance" else (_entropy(probs, self.regions is not None)
+                                                      if uncertainty == "entropy" else None)
         return Prediction(scan, labels, probs, None if unc is None else unc.astype(np.float32),
                           time.perf_counter() - t0, passes)
 
@@ -219,21 +242,27 @@ class Segmenter:
                 f"labels={list(self.labels)}, tta={self.tta}, device={self.device})")
 
 
-def _load_model(path: PathInput) -> tuple[torch.nn.Module, Config, list[str], dict[str, int], str]:
-    """(model, config, channels, labels, source) of a checkpoint, run folder or exported ONNX file."""
+def _entropy(probs: np.ndarray, sigmoid: bool) -> np.ndarray:
+    """Entropy (nats) per voxel: of the class distribution, or summed over independent (sigmoid) regions."""
+    p = np.clip(probs, 1e-12, 1 - 1e-12)
+    if sigmoid:
+        return -(p * np.log(p) + (1 - p) * np.log(1 - p)).sum(0)
+    return -(probs * np.log(p)).sum(0)
+
+
+def _load_model(path: PathInput, domain: str | None = None) -> tuple[torch.nn.Module, Config, dict, str]:
+    """(model, config, head, source) of a checkpoint, run folder or exported ONNX file; ``head`` holds the
+    ``channels``, ``labels``, ``regions`` and ``domain`` the outputs belong to."""
     if str(path).lower().endswith(".onnx"):
         from .export import load_onnx
 
-        return (*load_onnx(path), str(path))
+        model, cfg, head = load_onnx(path)
+        if domain is not None and domain != head["domain"]:
+            raise MedsegError(f"{path}: exported for domain '{head['domain']}', not '{domain}'")
+        return model, cfg, {**head, "domain": None}, str(path)  # the domain is part of the exported graph
     ckpt = load_checkpoint(path)
-    cfg = validate_config(ckpt["config"], source=ckpt["path"])
-    model = build_model_from_config(cfg, len(ckpt["channels"]), len(ckpt["labels"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise MedsegError(f"{ckpt['path']}: weights do not fit model '{cfg.model.name}' "
-                          f"({str(e).splitlines()[0]})") from None
-    return model, cfg, list(ckpt["channels"]), dict(ckpt["labels"]), ckpt["path"]
+    model, cfg, head = model_from_checkpoint(ckpt, domain)
+    return model, cfg, head, ckpt["path"]
 
 
 def as_input_kind(array: np.ndarray, scan: Scan) -> Any:

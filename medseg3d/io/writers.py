@@ -50,13 +50,19 @@ def label_writer(labels: np.ndarray, scan: Scan, fmt: str, names: dict[str, int]
     return image_writer(labels, scan, fmt)
 
 
-def probabilities_writer(probs: np.ndarray, scan: Scan, names: dict[str, int]) -> Writer:
+def probabilities_writer(probs: np.ndarray, scan: Scan, names: dict[str, int],
+                         regions: dict[str, list[int]] | None = None) -> Writer:
     """Class probabilities (C, X, Y, Z) as float16 in an ``.npz`` (as nnU-Net does) with ``probabilities``,
-    ``label_names``, ``label_values`` and ``affine`` (voxel -> RAS mm) on the scan's grid."""
+    ``label_names``, ``label_values`` and ``affine`` (voxel -> RAS mm) on the scan's grid. For a region-trained
+    model the channels are the ``regions`` (sigmoid probabilities), named by ``region_names`` with their label
+    values in ``region_labels`` ("1+2+4")."""
+    extra = {"region_names": np.array(list(regions)),
+             "region_labels": np.array(["+".join(map(str, v)) for v in regions.values()])} if regions else {}
+
     def write(path: str) -> None:
         with open(path, "wb") as f:
             np.savez_compressed(f, probabilities=probs.astype(np.float16), label_names=np.array(list(names)),
-                                label_values=np.array(list(names.values())), affine=scan.affine)
+                                label_values=np.array(list(names.values())), affine=scan.affine, **extra)
     return write
 
 

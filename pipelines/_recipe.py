@@ -1,0 +1,64 @@
+"""What the recipe scripts share: their command-line arguments and scoring a held-out scan. Each recipe itself
+(pipelines/<recipe>.py) reads top to bottom: load the config, train, segment, score."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "data_samples"
+
+
+def parse_args(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    ap.add_argument("--budget", default="10m", help="training wall-clock budget (default 10m)")
+    ap.add_argument("--iterations", type=int, default=None, help="train this many iterations in total")
+    ap.add_argument("--patch", type=int, default=None, help="cubic patch size (default: the config's)")
+    ap.add_argument("--filters", type=int, default=None, help="base filters (default: the config's)")
+    ap.add_argument("--out", default="pipeline_output", help="output folder (default pipeline_output)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="any config override a.b=v")
+    return ap.parse_args(argv)
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    out = [f"train.budget={args.budget}", f"output_dir={Path(args.out) / 'runs'}"]
+    if args.iterations:
+        out += [f"train.iterations={args.iterations}", f"train.iters_per_epoch={min(args.iterations, 250)}"]
+    if args.patch:
+        out.append(f"train.patch_size=[{args.patch}, {args.patch}, {args.patch}]")
+    if args.filters:
+        out.append(f"model.params.base_filters={args.filters}")
+    return out + list(args.overrides)
+
+
+def test_scan(root: Path = SAMPLES) -> tuple[list[Path], Path | None]:
+    """The first held-out scan of a sample data set (its channel files) and its reference label, if any."""
+    meta = json.loads((root / "dataset.json").read_text())
+    if "test" in meta:  # MSD: one 4D file
+        scan = root / meta["test"][0]
+        files = [scan]
+    else:  # nnU-Net: one file per channel
+        first = sorted((root / "imagesTs").glob("*_0000.nii.gz"))[0]
+        case = first.name[: -len("_0000.nii.gz")]
+        files = [root / "imagesTs" / f"{case}_{c:04d}.nii.gz" for c in range(len(meta["channel_names"]))]
+        scan = root / "imagesTs" / f"{case}.nii.gz"
+    ref = root / "labelsTs" / scan.name
+    return files, ref if ref.is_file() else None
+
+
+def score(pred_labels: np.ndarray, ref_path: Path | None, labels: dict, regions: dict | None) -> dict:
+    """Dice per class (or region) of a prediction against its reference; prints and returns it."""
+    from medseg3d.engine.metrics import case_metrics, masks_of, structures
+    from medseg3d.io.nifti import read_label
+
+    if ref_path is None:
+        return {}
+    structs = structures(labels, regions)
+    m = case_metrics(masks_of(pred_labels, structs), masks_of(read_label(ref_path), structs), list(structs),
+                     hd95=False)
+    print("Dice on the held-out scan: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in m.items()))
+    return m
