@@ -108,3 +108,22 @@ def test_per_channel_files_must_share_one_grid(tmp_path):
         read_scan([a, b])
     scan = read_scan([a, a])
     assert scan.data.shape == (2,) + SHAPE
+
+
+@pytest.mark.parametrize("scheme", ["2018", "2023"])
+def test_brats_case_folders_give_the_models_channel_order(tmp_path, scheme):
+    """BraTS 2018-2021 (_t1 _t1ce _t2 _flair) and 2023 (-t1n -t1c -t2w -t2f) case folders are read in the
+    checkpoint's channel order, also when its channels carry MSD Task01 names in MSD's order."""
+    from medseg3d.data.datasets import BRATS_NAMING
+    from medseg3d.io.cases import collect_cases
+
+    suffixes = BRATS_NAMING[scheme][0]
+    case = tmp_path / "BraTS-GLI-00001-000"
+    case.mkdir()
+    img = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    for s in (*suffixes, BRATS_NAMING[scheme][1]):
+        nib.save(img, case / f"{case.name}{s}.nii.gz")
+    (brats,) = collect_cases([tmp_path], ["T1", "T1ce", "T2", "FLAIR"])
+    assert [p.name for p in brats.inputs] == [f"{case.name}{s}.nii.gz" for s in suffixes]
+    (msd,) = collect_cases([tmp_path], ["FLAIR", "T1w", "t1gd", "T2w"])
+    assert [p.name for p in msd.inputs] == [f"{case.name}{suffixes[i]}.nii.gz" for i in (3, 0, 1, 2)]

@@ -133,22 +133,35 @@ BRATS_NAMING = {"2018": (("_t1", "_t1ce", "_t2", "_flair"), "_seg"),
                 "2023": (("-t1n", "-t1c", "-t2w", "-t2f"), "-seg")}
 
 
-def _brats_naming(case_dir: Path) -> tuple[tuple[str, ...], str] | None:
+def brats_naming(case_dir: Path) -> tuple[tuple[str, ...], str] | None:
+    """The (channel suffixes, segmentation suffix) of a BraTS case folder's naming scheme, or None."""
     for suffixes, seg in BRATS_NAMING.values():
         if (case_dir / f"{case_dir.name}{suffixes[0]}.nii.gz").is_file():
             return suffixes, seg
     return None
 
 
+# names a model's channels may carry for each BraTS channel (BraTS 2018-2021, 2023, MSD Task01)
+BRATS_ALIASES = ({"t1", "t1n", "t1w", "t1-native"}, {"t1ce", "t1c", "t1gd", "t1-gd", "t1-contrast"},
+                 {"t2", "t2w"}, {"flair", "t2f", "t2-flair"})
+
+
+def brats_channel_order(channels: list[str]) -> list[int] | None:
+    """For a model's channel names, the index of the BraTS channel (T1, T1ce, T2, FLAIR) each one is, or None
+    when they are not the four BraTS channels."""
+    idx = [next((i for i, names in enumerate(BRATS_ALIASES) if c.lower() in names), None) for c in channels]
+    return idx if None not in idx and sorted(idx) == [0, 1, 2, 3] else None
+
+
 def is_brats_folder(root: Path) -> bool:
-    return any(d.is_dir() and _brats_naming(d) for d in root.iterdir())
+    return any(d.is_dir() and brats_naming(d) for d in root.iterdir())
 
 
 def _brats(root: Path) -> DatasetInfo:
     """BraTS case folders: one sub-folder per case holding its four channel files and (training) its _seg."""
     training, test = [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        naming = _brats_naming(d)
+        naming = brats_naming(d)
         if naming is None:
             continue
         suffixes, seg_suffix = naming
