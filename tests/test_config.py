@@ -102,3 +102,20 @@ def test_every_shipped_config_validates():
         cfg = load_config(p)
         for src in cfg.data.sources().values():  # data.root, or each of data.domains
             assert Path(src.root).is_dir(), f"{p}: data root {src.root} does not exist"
+
+
+def test_readme_config_examples_validate():
+    """Every YAML block in the README that looks like a config (or a part of one) uses only real keys."""
+    import re
+
+    from medseg3d.config import Config
+
+    repo = Path(__file__).resolve().parents[1]
+    blocks = re.findall(r"```yaml\n(.*?)```", (repo / "README.md").read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        raw = yaml.safe_load(block)
+        raw.setdefault("data", {})["root"] = str(repo / "data_samples")
+        if raw.get("model", {}).get("spatial_dims") == 2:
+            raw["model"].setdefault("name", "unet")
+        Config.model_validate(raw)

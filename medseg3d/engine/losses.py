@@ -40,6 +40,24 @@ class _SegLoss(nn.Module):
         return self.seg(out, target)
 
 
+class DiceBCELoss(nn.Module):
+    """Soft Dice on sigmoid outputs + binary cross-entropy per region channel (nnU-Net's region-based loss).
+    MONAI's DiceCELoss is not used here: with several channels it applies a softmax cross-entropy, which treats
+    overlapping region masks (WT contains TC contains ET) as one class distribution."""
+
+    def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, **dice_kwargs):
+        super().__init__()
+        self.dice = DiceLoss(sigmoid=True, **dice_kwargs)
+        self.bce = nn.BCEWithLogitsLoss()
+        self.lambda_dice, self.lambda_ce = lambda_dice, lambda_ce
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if input.shape != target.shape:
+            raise ValueError(f"region outputs {tuple(input.shape)} and masks {tuple(target.shape)} differ")
+        out = self.lambda_ce * self.bce(input, target.float())
+        return out + self.lambda_dice * self.dice(input, target) if self.lambda_dice else out
+
+
 def _dice_kwargs(multilabel: bool) -> dict:
     if multilabel:
         return dict(sigmoid=True)
@@ -49,6 +67,8 @@ def _dice_kwargs(multilabel: bool) -> dict:
 @LOSSES.register("dice_ce")
 def dice_ce(multilabel: bool = False, lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> nn.Module:
     """Soft Dice + cross-entropy (binary cross-entropy per region when ``multilabel``), batch Dice as nnU-Net."""
+    if multilabel:
+        return _SegLoss(DiceBCELoss(lambda_dice, lambda_ce, batch=True, smooth_nr=1e-5, smooth_dr=1e-5))
     return _SegLoss(DiceCELoss(**_dice_kwargs(multilabel), batch=True, smooth_nr=1e-5, smooth_dr=1e-5,
                                lambda_dice=lambda_dice, lambda_ce=lambda_ce))
 
@@ -62,6 +82,8 @@ def dice(multilabel: bool = False) -> nn.Module:
 @LOSSES.register("ce")
 def ce(multilabel: bool = False) -> nn.Module:
     """Cross-entropy (binary per region when ``multilabel``)."""
+    if multilabel:
+        return _SegLoss(DiceBCELoss(lambda_dice=0.0, lambda_ce=1.0))
     return _SegLoss(DiceCELoss(**_dice_kwargs(multilabel), lambda_dice=0.0, lambda_ce=1.0))
 
 
