@@ -19,7 +19,7 @@ def _fail(msg: str, code: int = 1) -> None:
 
 
 def _run(fn, *args, **kwargs):
-    from .errors import MedsegError
+    from .errors import MedsegError, medseg_cause
 
     try:
         return fn(*args, **kwargs)
@@ -27,6 +27,11 @@ def _run(fn, *args, **kwargs):
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except RuntimeError as e:  # a MONAI transform wraps the reader's error
+        cause = medseg_cause(e)
+        if cause is None:
+            raise
+        _fail(str(cause))
 
 
 @app.command()

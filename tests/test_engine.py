@@ -220,3 +220,30 @@ def test_region_losses_are_per_region_binary():
         assert build_loss(name, multilabel=True)(logits, masks).item() < 1e-2, name
     wrong = build_loss("ce", multilabel=True)(-logits, masks).item()
     assert wrong == pytest.approx(10, rel=1e-3)  # BCE of a confident wrong voxel is 10 nats
+
+
+def test_training_on_a_bad_case_file_is_one_sentence_naming_it(tmp_path):
+    """A label with a value outside the convention (BraTS 2023's 3 under 2018) or on another grid stops
+    training with one line naming the file, exit 1, and no checkpoint."""
+    import nibabel as nib
+
+    root = tmp_path / "b"
+    write_brats_folders(root, num_cases=3, shape=(16, 16, 16))
+    seg = root / "BraTS_002" / "BraTS_002_seg.nii.gz"
+    img = nib.load(seg)
+    data = np.asarray(img.dataobj).copy()
+    data[data == 4] = 3
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), seg)
+    base = ["train", str(REPO / "configs" / "brats_nnn.yaml"), "--set", f"data.root={root}",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.iterations=1",
+            "--set", "train.patch_size=[16,16,16]", "--set", "model.params.base_filters=4",
+            "--set", "train.tensorboard=false", "--set", "data.fold=all"]
+    r = CliRunner().invoke(app, [*base, "--run-dir", str(tmp_path / "run1")])
+    assert r.exit_code == 1
+    assert f"error: {seg}: label value(s) [3] are not among the config's labels [0, 1, 2, 4]" in r.output
+    assert not list((tmp_path / "run1").glob("*.pt"))
+
+    nib.save(nib.Nifti1Image(data[:8], img.affine, img.header), seg)  # another grid
+    r = CliRunner().invoke(app, [*base, "--run-dir", str(tmp_path / "run2")])
+    assert r.exit_code == 1 and f"error: {seg}: label shape" in r.output and "Traceback" not in r.output
+    assert not list((tmp_path / "run2").glob("*.pt"))

@@ -17,6 +17,7 @@ from monai import transforms as mt
 from monai.data import MetaTensor
 
 from ..config import Config
+from ..errors import MedsegError
 from ..io.nifti import read_label
 from ..io.readers import read_scan
 from ..io.scan import Scan
@@ -36,12 +37,14 @@ def scan_to_metatensor(scan: Scan) -> MetaTensor:
 
 class LoadCased(mt.MapTransform):
     """Read ``image`` (list of per-channel files or one 4D file) and ``label`` with medseg3d's reader, so
-    training and inference read scans the same way."""
+    training and inference read scans the same way. With ``label_values``, a label holding any other value
+    is an error naming the file (e.g. BraTS 2023's 3 under the 2018 convention)."""
 
     def __init__(self, keys: Sequence[Hashable] = ("image", "label"), channels: int | None = None,
-                 allow_missing_keys: bool = True):
+                 allow_missing_keys: bool = True, label_values: Sequence[int] | None = None):
         super().__init__(keys, allow_missing_keys)
         self.channels = channels
+        self.label_values = None if label_values is None else {int(v) for v in label_values}
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -49,6 +52,12 @@ class LoadCased(mt.MapTransform):
         d["image"] = scan_to_metatensor(scan)
         if "label" in self.keys and d.get("label"):
             lab = read_label(d["label"], like=scan)
+            if self.label_values is not None:
+                extra = sorted(set(np.unique(lab).tolist()) - self.label_values)
+                if extra:
+                    raise MedsegError(f"{d['label']}: label value(s) {extra} are not among the config's labels "
+                                      f"{sorted(self.label_values)} (set data.labels, or data.brats_labels for "
+                                      f"BraTS: 2018 is 1/2/4, 2023 is 1/2/3)")
             d["label"] = MetaTensor(torch.from_numpy(lab[None].astype(np.float32)), meta=dict(d["image"].meta))
         return d
 

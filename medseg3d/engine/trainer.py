@@ -42,7 +42,7 @@ from ..data.datasets import DatasetInfo, load_source, load_splits, make_splits
 from ..data.labels import labels_to_regions
 from ..data.slices import model_in_channels, resolve_slices
 from ..data.transforms import LoadCased, augment_transforms, preprocess_transforms
-from ..errors import MedsegError
+from ..errors import MedsegError, medseg_cause
 from ..inference.inferer import predict_logits
 from ..models import build_model
 from ..registry import MODELS
@@ -247,7 +247,8 @@ class Trainer:
         cfg = self.cfg
         for i, dom in enumerate(self.domains):
             values = None if dom.regions else list(dom.info.labels.values())
-            pre = mt.Compose([LoadCased(("image", "label"), channels=len(dom.info.channels)),
+            pre = mt.Compose([LoadCased(("image", "label"), channels=len(dom.info.channels),
+                                        label_values=list(dom.info.labels.values())),
                               *preprocess_transforms(cfg, values)])
             cache = cache_dir_for(cfg, dom.info, map_labels=values is not None)
             cache.mkdir(parents=True, exist_ok=True)
@@ -275,6 +276,16 @@ class Trainer:
 
     # ---- loop ---------------------------------------------------------------------------------------------
     def fit(self) -> Path:
+        """Train; returns the run folder. A bad case file raises its MedsegError (not MONAI's wrapper)."""
+        try:
+            return self._fit()
+        except RuntimeError as e:
+            cause = medseg_cause(e)
+            if cause is None:
+                raise
+            raise cause from None
+
+    def _fit(self) -> Path:
         cfg, t = self.cfg, self.cfg.train
         set_determinism(seed=t.seed)
         (self.run_dir / "config.yaml").write_text(dump_config(cfg))
