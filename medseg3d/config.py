@@ -292,6 +292,12 @@ class Config(_Strict):
             raise ValueError("model.context_slices needs model.spatial_dims: 2")
         if self.data.domains and self.model.name != "u2net3d":
             raise ValueError(f"data.domains needs a multi-domain model (u2net3d), not '{self.model.name}'")
+        r, labels = self.postprocess.relabel, self.data.labels
+        if r is not None and labels:
+            for key in ("source", "target"):
+                if getattr(r, key) not in labels:
+                    raise ValueError(f"postprocess.relabel.{key} '{getattr(r, key)}' is not one of data.labels "
+                                     f"({', '.join(labels)})")
         return self
 
     @property

@@ -50,6 +50,21 @@ def test_scan(root: Path = SAMPLES) -> tuple[list[Path], Path | None]:
     return files, ref if ref.is_file() else None
 
 
+def segment_test_scan(seg, out: Path, regions: dict | None = None, root: Path = SAMPLES) -> dict:
+    """Segment the first held-out scan of a sample data set with a Segmenter, write its label map (in the
+    scan's geometry) to ``out`` and score it against the reference: {"prediction", "labels", "dice", "pred"}."""
+    from medseg3d.io.writers import write_image
+
+    files, ref = test_scan(root)
+    scan = seg.read([str(f) for f in files])
+    pred = seg.segment(scan)
+    path = write_image(pred.labels, scan, Path(out) / f"{scan.name}_seg.nii.gz")
+    print(f"wrote {path}: label values {sorted(int(v) for v in np.unique(pred.labels))} "
+          f"({pred.runtime_s:.1f}s)")
+    return {"prediction": path, "labels": pred.labels, "pred": pred,
+            "dice": score(pred.labels, ref, seg.labels, regions)}
+
+
 def score(pred_labels: np.ndarray, ref_path: Path | None, labels: dict, regions: dict | None) -> dict:
     """Dice per class (or region) of a prediction against its reference; prints and returns it."""
     from medseg3d.engine.metrics import case_metrics, masks_of, structures

@@ -15,11 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
 import medseg3d  # noqa: E402
-from _recipe import REPO, overrides, parse_args, score, test_scan  # noqa: E402
-from medseg3d.io.writers import write_image  # noqa: E402
+from _recipe import REPO, overrides, parse_args, segment_test_scan  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,14 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. segment a held-out scan of every domain with that domain's sub-network
     results = {}
     for name, src in cfg.data.domains.items():
-        files, ref = test_scan(Path(src.root))
         seg = medseg3d.Segmenter.from_checkpoint(run_dir, domain=name)
-        scan = seg.read([str(f) for f in files])
-        pred = seg.segment(scan)
-        path = write_image(pred.labels, scan, out / name / f"{scan.name}_seg.nii.gz")
-        labels = pred.labels
-        print(f"[{name}] wrote {path}: label values {sorted(int(v) for v in np.unique(labels))}")
-        results[name] = {"prediction": path, "dice": score(labels, ref, seg.labels, None)}
+        print(f"[{name}] channels {seg.channels}, labels {seg.labels}")
+        results[name] = segment_test_scan(seg, out / name, root=Path(src.root))
     return {"run_dir": run_dir, **results}
 
 

@@ -119,3 +119,13 @@ def test_readme_config_examples_validate():
         if raw.get("model", {}).get("spatial_dims") == 2:
             raw["model"].setdefault("name", "unet")
         Config.model_validate(raw)
+
+
+def test_relabel_classes_must_be_labels(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(MedsegError, match=r"postprocess.relabel.target 'necrotic' is not one of data.labels "
+                                          r"\(background, edema, non_enhancing, enhancing\)"):
+        load_config(repo / "configs" / "brats_nnn.yaml", ["data.brats_labels=msd"])
+    cfg = load_config(repo / "configs" / "brats_nnn.yaml", ["data.brats_labels=msd",
+                                                            "postprocess.relabel.target=non_enhancing"])
+    assert cfg.postprocess.relabel.target == "non_enhancing"

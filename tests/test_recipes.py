@@ -46,6 +46,7 @@ def test_paper_settings():
     assert nnn.train.patch_size == [128, 128, 128] and nnn.train.batch_size == 2
     assert nnn.model.params["base_filters"] == 30 and nnn.train.weight_decay == 1e-5
     assert nnn.data.regions == {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]} and nnn.data.target == "labels"
+    assert nnn.postprocess.relabel.model_dump() == {"source": "enhancing", "target": "necrotic", "below_ml": 0.5}
     a = nnn.train.augment
     assert min(a.rotate_prob, a.scale_prob, a.elastic_prob, a.gamma_prob, a.flip_prob) > 0
     ae = load_config(REPO / "configs" / "brats_aereg.yaml")
@@ -78,6 +79,9 @@ def test_recipe_trains_two_iterations_and_segments(name, tmp_path, cache):
     for pred, ok in zip(preds, allowed):
         values = set(np.unique(np.asarray(nib.load(pred).dataobj)).tolist())
         assert values <= ok, values
+    if name == "unetpp3d":  # segmented by the full net and each pruned sub-network, each to its own file
+        assert list(res["pruned"]) == ["L4", "L3", "L2", "L1"]
+        assert len({str(r["prediction"]) for r in res["pruned"].values()}) == 4
 
 
 def test_cli_trains_brats_nnn_infers_brats_labels_and_evaluates(tmp_path, cache):
