@@ -240,11 +240,13 @@ class TrainConfig(_Strict):
             raise ValueError(f"unknown loss '{v}'{did_you_mean(v, LOSSES.names())}; valid: {', '.join(LOSSES.names())}")
         return v
 
-    @field_validator("budget")
+    @field_validator("budget", mode="before")
     @classmethod
     def _budget(cls, v):
-        if v is not None:
-            parse_duration(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):  # a number is seconds
+            v = f"{float(v):f}".rstrip("0").rstrip(".")
+        if v is not None and parse_duration(v) <= 0:
+            raise ValueError(f"must be a positive duration, got {v!r}")
         return v
 
 

@@ -55,6 +55,13 @@ def test_missing_root_and_bad_values(tmp_path):
     assert "preprocess.orientation" in error_of({**BASE, "preprocess": {"orientation": "RAX"}}, tmp_path)
     assert "patch_size" in error_of({**BASE, "train": {"patch_size": [64, 64]}}, tmp_path)
     assert "train.budget" in error_of({**BASE, "train": {"budget": "ten minutes"}}, tmp_path)
+    assert "positive duration" in error_of({**BASE, "train": {"budget": 0}}, tmp_path)
+
+
+def test_budget_as_a_number_is_seconds(tmp_path):
+    for given, seconds in ((90, 90.0), (1.5, 1.5), ("10m", 600.0), ("1h30m", 5400.0)):
+        cfg = load_config({**BASE, "train": {"budget": given}})
+        assert parse_duration(cfg.train.budget) == seconds
 
 
 def test_overrides_parse_yaml_values(tmp_path):

@@ -59,6 +59,23 @@ def test_resume_continues_at_the_right_step_with_identical_losses(tmp_path, monk
             assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-5, abs=1e-7), (ra["epoch"], k)
 
 
+def test_resume_after_a_budget_stop_finishes_the_cut_epoch(tmp_path):
+    """--budget stops mid-epoch; --resume continues that epoch where it stopped, so the run ends with the same
+    iterations, losses and validation as an uninterrupted one."""
+    extra = ["train.epochs=2", "train.iters_per_epoch=3", "train.augment.rotate_prob=0.5"]
+    full = Trainer(tiny(tmp_path, *extra), tmp_path / "full").fit()
+    cut = Trainer(tiny(tmp_path, *extra, "train.budget='0.000001'"), tmp_path / "cut").fit()  # one iteration
+    ck = torch.load(cut / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["iteration"], len(ck["partial_losses"])) == (0, 1, 1)
+    Trainer(tiny(tmp_path, *extra), resume=cut).fit()
+    a = list(csv.DictReader(open(full / "log.csv")))
+    b = list(csv.DictReader(open(cut / "log.csv")))
+    assert [(r["epoch"], r["iterations"]) for r in b] == [("1", "3"), ("2", "6")]
+    for ra, rb in zip(a, b):
+        for k in ("train_loss", "val_loss", "val_dice_mean", "lr"):
+            assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-5, abs=1e-7), (ra["epoch"], k)
+
+
 def test_resume_refuses_another_config(tmp_path):
     run = Trainer(tiny(tmp_path, "train.epochs=1", "train.iters_per_epoch=1"), tmp_path / "r").fit()
     from medseg3d.errors import MedsegError

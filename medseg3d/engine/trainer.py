@@ -305,6 +305,7 @@ class Trainer:
         log_path = self.run_dir / "log.csv"
         fields = self._log_fields()
         history: list[dict] = []
+        partial: list[float] = []  # losses of an epoch cut by the budget, continued on --resume
         if self.resume_from is not None:
             ck = self.resume_from
             model.load_state_dict(ck["model"])
@@ -313,6 +314,7 @@ class Trainer:
             if ck.get("scaler"):
                 scaler.load_state_dict(ck["scaler"])
             start_epoch, it_total = int(ck["epoch"]), int(ck["iteration"])
+            partial = [float(v) for v in ck.get("partial_losses", [])]
             best = ck["best_metric"] if ck.get("best_metric") is not None else -math.inf
             self._set_rng(ck["rng"], sampler)
             if log_path.is_file():
@@ -325,18 +327,19 @@ class Trainer:
         print(f"model {cfg.model.name} ({n_params / 1e6:.2f} M parameters) on {self.device}; "
               + "; ".join(f"{d.name + ': ' if d.name else ''}{len(d.train_cases)} training / {len(d.val_cases)} validation cases"
                           for d in self.domains), flush=True)
-        if start_epoch:
+        if self.resume_from is not None:
             print(f"resuming at epoch {start_epoch + 1}, iteration {it_total}", flush=True)
         batches = {d.name: self._batches(d, sampler) for d in self.domains}
         bar = _progress(total_iters, it_total)
         clock = time.monotonic()
-        epoch = start_epoch
+        epoch, done = start_epoch, start_epoch
         stopped = False
         for epoch in range(start_epoch, total_epochs):
             t0 = time.monotonic()
             model.train()
-            losses: list[float] = []
-            n_it = min(t.iters_per_epoch, total_iters - epoch * t.iters_per_epoch)
+            losses, partial = list(partial), []
+            epoch_end = min((epoch + 1) * t.iters_per_epoch, total_iters)
+            n_it = epoch_end - it_total  # all of it, or what a budget stop left of it
             for k in range(n_it):
                 dom = self._pick_domain(sampler, it_total)
                 batch = next(batches[dom.name])
@@ -383,7 +386,10 @@ class Trainer:
             mean = val["val_dice_mean"] if val else float("nan")
             if val is not None and math.isfinite(mean) and mean > best:
                 best = mean
-            state = self._state(model, opt, sched, scaler, epoch + 1, it_total, best, sampler)
+            # an epoch cut by the budget is not finished: --resume continues it where it stopped
+            done = epoch + 1 if it_total == epoch_end else epoch
+            state = self._state(model, opt, sched, scaler, done, it_total, best, sampler)
+            state["partial_losses"] = [] if done == epoch + 1 else losses
             save_checkpoint(state, self.run_dir / "last.pt")
             if val is not None and math.isfinite(mean) and mean >= best:
                 save_checkpoint(state, self.run_dir / "best.pt")
@@ -399,7 +405,7 @@ class Trainer:
                 break
         bar.close()
         if not (self.run_dir / "best.pt").exists():
-            save_checkpoint(self._state(model, opt, sched, scaler, epoch + 1, it_total, best, sampler),
+            save_checkpoint(self._state(model, opt, sched, scaler, done, it_total, best, sampler),
                             self.run_dir / "best.pt")
         if any(d.val_ds is not None for d in self.domains) and not (self.run_dir / "validation_metrics.csv").exists():
             self.final_validation(model)  # a resumed run that had nothing left to train
