@@ -264,3 +264,22 @@ def test_training_on_a_bad_case_file_is_one_sentence_naming_it(tmp_path):
     r = CliRunner().invoke(app, [*base, "--run-dir", str(tmp_path / "run2")])
     assert r.exit_code == 1 and f"error: {seg}: label shape" in r.output and "Traceback" not in r.output
     assert not list((tmp_path / "run2").glob("*.pt"))
+
+
+def test_progress_plot_draws_every_class_also_at_zero():
+    import matplotlib.pyplot as plt
+
+    from medseg3d.engine.trainer import progress_figure
+
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_dice_mean": 0.3 * e / 3,
+             "val_dice_WT": 0.9 * e / 3, "val_dice_TC": 0.0, "val_dice_ET": float("nan") if e < 3 else 0.0,
+             "lr": 0.01} for e in (1, 2, 3)]
+    strings = [{k: str(v) for k, v in r.items()} for r in rows]  # as read back from log.csv
+    for history in (rows, strings):
+        fig = progress_figure(history)
+        dice_ax = fig.axes[1]
+        lines = {ln.get_label(): ln.get_ydata() for ln in dice_ax.get_lines()}
+        assert list(lines) == ["mean", "WT", "TC", "ET"]
+        assert list(lines["TC"]) == [0.0, 0.0, 0.0] and np.isnan(lines["ET"][0]) and lines["ET"][2] == 0.0
+        assert [ln.get_label() for ln in fig.axes[0].get_lines()] == ["train loss", "validation loss"]
+        plt.close(fig)

@@ -691,13 +691,29 @@ def write_progress_png(history: list[dict], path: Path) -> Path | None:
     Written to a temporary file and renamed."""
     if not history:
         return None
+    import matplotlib.pyplot as plt
+
+    fig = progress_figure(history)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=80)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def progress_figure(history: list[dict]):
+    """The progress plot of log rows as a matplotlib Figure (three panels: losses, validation Dice, lr)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    def col(k):
-        return np.array([float(r.get(k, "nan") or "nan") for r in history], dtype=float)
+    def col(k):  # log rows hold floats (this run) or strings (read back from log.csv on resume)
+        return np.array([float("nan") if r.get(k) in (None, "") else float(r[k]) for r in history], dtype=float)
 
     ep = col("epoch")
     fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
@@ -721,15 +737,7 @@ def write_progress_png(history: list[dict], path: Path) -> Path | None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return fig
 
 
 def _image_label(item: Any) -> list[dict]:
