@@ -203,8 +203,5 @@ def slice_sampling_transforms(cfg: "Config") -> list:
         mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=size,
                                   pos=t.fg_oversample, neg=1.0 - t.fg_oversample, num_samples=1),
         SlicesToChannelsd(axis, k),
-        # only the arrays go on: CropForegroundd's coordinates are numpy arrays when a case is computed but
-        # tensors when it is read back from the PersistentDataset cache, and a batch mixing both fails to collate
-        mt.SelectItemsd(keys=keys),
     ]
     return out
