@@ -172,8 +172,7 @@ class ModelConfig(_Strict):
     def _name(cls, v: str):
         from .models import MODELS
 
-        if v not in MODELS:
-            raise ValueError(f"unknown model '{v}'{did_you_mean(v, MODELS.names())}; valid: {', '.join(MODELS.names())}")
+        MODELS.get(v)  # an unknown name raises, naming the closest and the valid ones
         return v
 
 
@@ -236,8 +235,7 @@ class TrainConfig(_Strict):
         from .engine import losses  # noqa: F401  (registers)
         from .registry import LOSSES
 
-        if v not in LOSSES:
-            raise ValueError(f"unknown loss '{v}'{did_you_mean(v, LOSSES.names())}; valid: {', '.join(LOSSES.names())}")
+        LOSSES.get(v)
         return v
 
     @field_validator("budget", mode="before")
