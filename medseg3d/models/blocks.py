@@ -111,22 +111,6 @@ class StackedConvs(nn.Sequential):
         ])
 
 
-class ResidualBlock(nn.Module):
-    """Post-activation residual block: act(convs(x) + proj(x)); ``proj`` is a 1-conv when shapes differ."""
-
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, n: int = 2, kernel_size: int = 3,
-                 norm: LayerSpec = "instance", act: LayerSpec = "relu"):
-        super().__init__()
-        layers = [ConvNormAct(spatial_dims, in_ch if i == 0 else out_ch, out_ch, kernel_size, norm=norm,
-                              act=act if i < n - 1 else None) for i in range(n)]
-        self.body = nn.Sequential(*layers)
-        self.proj = nn.Identity() if in_ch == out_ch else conv(spatial_dims, in_ch, out_ch, 1)
-        self.act = act_layer(act, out_ch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.proj(x))
-
-
 class PreActResidualBlock(nn.Module):
     """Pre-activation residual block (norm -> act -> conv, twice, plus identity), as in Myronenko 2018."""
 
@@ -142,16 +126,3 @@ class PreActResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
-
-
-class SeparableConv(nn.Module):
-    """Depthwise (channel-wise) k-conv followed by a pointwise 1-conv."""
-
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1,
-                 bias: bool = False):
-        super().__init__()
-        self.depthwise = conv(spatial_dims, in_ch, in_ch, kernel_size, stride=stride, groups=in_ch, bias=bias)
-        self.pointwise = conv(spatial_dims, in_ch, out_ch, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(x))

@@ -104,12 +104,14 @@ class NoNewNet(SegNet):
             x = block(x if i == 0 else self.pool(x))
             skips.append(x)
         x = self.bottleneck(self.pool(x))
-        ds_feats = []
+        ds_feats = []  # decoder outputs, kept only when the deep-supervision heads will read them
+        keep = self.training and self.deep_supervision
         for up, dec in zip(self.up, self.dec):
             x = dec(torch.cat([up(x), skips.pop()], dim=1))
-            ds_feats.append(x)
+            if keep:
+                ds_feats.append(x)
         main = self.head(x)
-        if not (self.training and self.deep_supervision):
+        if not keep:
             return main
         # ds_heads[j] sits on dec[j] (deepest first); outputs go full-res first, then 1/2, 1/4, ...
         outs = [main]

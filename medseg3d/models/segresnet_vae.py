@@ -191,14 +191,15 @@ class SegResNetVAE(SegNet):
         return self.vae_end(y), mu, logvar
 
     def _forward(self, x: torch.Tensor, vae: bool = True, **_: Any) -> Any:
-        feats = self.encode(x)
-        seg = self.decode(feats)
-        if not (self.training and vae):
-            return seg
-        if tuple(x.shape[2:]) != self.input_image_size:
+        vae = vae and self.training
+        if vae and tuple(x.shape[2:]) != self.input_image_size:  # checked before any work is done
             raise ValueError(f"in training mode the (padded) input must have input_image_size "
                              f"{self.input_image_size}, got {tuple(x.shape[2:])}; call with vae=False or in "
                              f"eval mode for other sizes")
+        feats = self.encode(x)
+        seg = self.decode(feats)
+        if not vae:
+            return seg
         recon, mu, logvar = self.vae(feats[-1])
         return {"seg": seg, "recon": recon, "mu": mu, "logvar": logvar}
 
