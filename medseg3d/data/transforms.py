@@ -128,7 +128,8 @@ def augment_transforms(cfg: Config, regions: Mapping[str, Sequence[int]] | None 
 def augmentation(cfg: Config, spatial_dims: int, regions: Mapping[str, Sequence[int]] | None = None) -> list:
     """The augmentation recipe on sampled patches of ``spatial_dims`` axes (rotation is one in-plane angle in
     2D, one per axis in 3D), ending with plain float tensors. In 3D the input is the larger sampled region and
-    the output the patch; in 2D the input already has the patch size (no elastic deformation there)."""
+    the output the patch (RandAffined / Rand3DElasticd resample to ``spatial_size`` whether they fire or not);
+    in 2D the input already has the patch size (no elastic deformation there)."""
     a = cfg.train.augment
     keys = ["image", "label"]
     patch = list(cfg.train.patch_size) if spatial_dims == 3 else None
@@ -146,8 +147,6 @@ def augmentation(cfg: Config, spatial_dims: int, regions: Mapping[str, Sequence[
         out.append(mt.Rand3DElasticd(keys=keys, prob=a.elastic_prob, sigma_range=tuple(a.elastic_sigma),
                                      magnitude_range=tuple(a.elastic_magnitude), spatial_size=patch,
                                      mode=("bilinear", "nearest"), padding_mode="zeros"))
-    if patch is not None and (affine or a.elastic_prob > 0):  # the sampled region -> the patch, fired or not
-        out.append(mt.CenterSpatialCropd(keys=keys, roi_size=patch))
     if a.flip_prob > 0:
         out += [mt.RandFlipd(keys=keys, prob=a.flip_prob, spatial_axis=ax) for ax in range(spatial_dims)]
     if a.intensity_prob > 0:
