@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import MedsegError
+from ..io.scan import atomic_write, first_line
 
 FORMAT = "medseg3d-checkpoint"
 VERSION = 1
@@ -18,17 +18,7 @@ VERSION = 1
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **state}, tmp))
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -49,7 +39,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise MedsegError(f"{p}: not a readable medseg3d checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise MedsegError(f"{p}: not a readable medseg3d checkpoint ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise MedsegError(f"{p}: not a medseg3d checkpoint (no '{FORMAT}' marker)")
     for key in ("model", "config", "channels", "labels"):

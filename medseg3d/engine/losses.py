@@ -84,7 +84,14 @@ def ce(multilabel: bool = False) -> nn.Module:
     """Cross-entropy (binary per region when ``multilabel``)."""
     if multilabel:
         return _SegLoss(DiceBCELoss(lambda_dice=0.0, lambda_ce=1.0))
-    return _SegLoss(DiceCELoss(**_dice_kwargs(multilabel), lambda_dice=0.0, lambda_ce=1.0))
+    return _SegLoss(_CrossEntropy())
+
+
+class _CrossEntropy(nn.Module):
+    """Softmax cross-entropy of logits (N, C, ...) against a label map of class indices (N, 1, ...)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(input, target[:, 0].long())
 
 
 class AERegLoss(_SegLoss):

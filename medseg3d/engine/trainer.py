@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,6 +43,7 @@ from ..data.slices import model_in_channels, resolve_slices
 from ..data.transforms import LoadCased, augment_transforms, preprocess_transforms
 from ..errors import MedsegError, medseg_cause
 from ..inference.inferer import predict_logits
+from ..io.scan import atomic_write
 from ..models import build_model
 from ..registry import MODELS
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -184,8 +184,6 @@ class Trainer:
         first = self.domains[0]
         self.info = first.info
         self.cfg = cfg = resolve_slices(cfg, self.info)  # 2D: the slice axis and patch, recorded resolved
-        self.class_names = list(first.info.labels)
-        self.label_values = list(first.info.labels.values())
         self.resume_from: dict | None = None
         if resume is not None:
             run_dir = Path(resume)
@@ -212,20 +210,19 @@ class Trainer:
         d = self.cfg.data
         saved = self.run_dir / "splits.json"
         previous = json.loads(saved.read_text()) if self.resume_from is not None and saved.is_file() else None
+        given = None
+        if previous is None and d.splits_file:
+            given = json.loads(Path(d.splits_file).read_text()) if self.multi else load_splits(d.splits_file)
         all_splits: dict[str, list] = {}
         for dom in self.domains:
             ids = [c["id"] for c in dom.info.training]
             if previous is not None:
                 splits = previous[dom.name] if self.multi else previous
-            elif d.splits_file:
-                sp = load_splits(d.splits_file) if not self.multi else None
-                if self.multi:
-                    raw = json.loads(Path(d.splits_file).read_text())
-                    if not isinstance(raw, dict) or dom.name not in raw:
-                        raise MedsegError(f"{d.splits_file}: a multi-domain splits file maps each domain to "
-                                          f"its splits; '{dom.name}' is missing")
-                    sp = raw[dom.name]
-                splits = sp
+            elif given is not None:
+                if self.multi and (not isinstance(given, dict) or dom.name not in given):
+                    raise MedsegError(f"{d.splits_file}: a multi-domain splits file maps each domain to "
+                                      f"its splits; '{dom.name}' is missing")
+                splits = given[dom.name] if self.multi else given
             else:
                 splits = make_splits(ids, d.num_folds, self.cfg.train.seed)
             all_splits[dom.name] = splits
@@ -294,7 +291,7 @@ class Trainer:
         model = self._build_model()
         opt = self._optimizer(model)
         sched = self._scheduler(opt)
-        loss_fn = build_loss(t.loss, multilabel=cfg.data.target == "regions", **t.loss_params)
+        loss_fn = self._loss()
         use_amp = t.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         budget = parse_duration(t.budget) if t.budget else math.inf
@@ -349,8 +346,9 @@ class Trainer:
                 with torch.autocast(self.device.type, enabled=use_amp):
                     out = model(x, domain=dom.name) if self.multi else model(x)
                     loss = loss_fn(out, y, x)
-                if not torch.isfinite(loss):
-                    raise MedsegError(f"training diverged at epoch {epoch + 1}: the loss is {loss.item()}")
+                loss_value = loss.item()  # one device sync per step
+                if not math.isfinite(loss_value):
+                    raise MedsegError(f"training diverged at epoch {epoch + 1}: the loss is {loss_value}")
                 scaler.scale(loss).backward()
                 if t.grad_clip:
                     scaler.unscale_(opt)
@@ -358,7 +356,7 @@ class Trainer:
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
-                losses.append(loss.item())
+                losses.append(loss_value)
                 it_total += 1
                 if writer is not None:
                     writer.add_scalar("train/loss", losses[-1], it_total)
@@ -456,7 +454,11 @@ class Trainer:
 
     # ---- validation ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _val_cases(self, model: torch.nn.Module, dom: DomainData):
+    def _loss(self) -> torch.nn.Module:
+        t = self.cfg.train
+        return build_loss(t.loss, multilabel=self.cfg.data.target == "regions", **t.loss_params)
+
+    def _val_cases(self, model: torch.nn.Module, dom: DomainData, loss_fn):
         """(case id, predicted masks, reference masks, voxel spacing, loss) per validation case of a domain."""
         values = list(dom.info.labels.values())
         for case, item in zip(dom.val_cases, dom.val_ds):
@@ -471,21 +473,21 @@ class Trainer:
                 ref_values = torch.as_tensor(values)[lab.round().long()]
                 target = lab[None, None]
                 pred_masks = masks_of(torch.as_tensor(values)[logits.argmax(1)[0]], dom.structs)
-            loss = float(self._val_loss_fn(logits, target, image))
+            loss = float(loss_fn(logits, target, image))
             spacing = item["image"].pixdim.tolist() if hasattr(item["image"], "pixdim") else None
             yield case["id"], pred_masks, masks_of(ref_values, dom.structs), spacing, loss
 
     def validate(self, model: torch.nn.Module, loss_fn=None, final: bool = False) -> dict[str, float]:
         """Mean validation loss and Dice per class/region (per domain), as log columns. With ``final`` the same
         pass also computes HD95 and writes RUN/validation_metrics.csv (per case, then mean/std/n rows)."""
-        self._val_loss_fn = loss_fn or build_loss(self.cfg.train.loss, multilabel=self.cfg.data.target == "regions")
+        loss_fn = loss_fn or self._loss()
         out: dict[str, float] = {}
         losses, means, table = [], [], []
         for dom in self.domains:
             if dom.val_ds is None:
                 continue
             rows = []
-            for cid, p, r, spacing, loss in self._val_cases(model, dom):
+            for cid, p, r, spacing, loss in self._val_cases(model, dom, loss_fn):
                 m = case_metrics(p, r, list(dom.structs), spacing, hd95=final)
                 rows.append(m)
                 losses.append(loss)
@@ -668,13 +670,14 @@ def _py_from_saved(s: list) -> tuple:
 
 
 def _write_log(path: Path, fields: list[str], rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(r.get(k, float("nan"))) for k in fields})
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: _fmt(r.get(k, float("nan"))) for k in fields})
+
+    atomic_write(path, write)
 
 
 def _append_log(path: Path, fields: list[str], row: dict) -> None:
@@ -694,15 +697,10 @@ def write_progress_png(history: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig = progress_figure(history)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def progress_figure(history: list[dict]):
