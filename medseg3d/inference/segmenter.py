@@ -10,6 +10,7 @@ members, turned into labels with the file values the config names, and postproce
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -85,7 +86,10 @@ class Segmenter:
                    domain: str | None = None) -> None:
         """Add a network to the ensemble (same channels, labels and regions); probabilities are averaged.
         ``domain`` picks the sub-network of a multi-domain model."""
-        pre = mt.Compose(preprocess_transforms(config, keys=("image",)))
+        # members with the same preprocessing (e.g. folds) share one pipeline, so a scan is preprocessed once
+        # (MONAI inverts with the very transform instances that ran)
+        pre = next((m.pre for m in self.members if m.config.preprocess == config.preprocess), None) \
+            or mt.Compose(preprocess_transforms(config, keys=("image",)))
         self.members.append(Member(model.to(self.device).eval(), config, source, pre, domain))
 
     @classmethod
@@ -148,11 +152,10 @@ class Segmenter:
 
     # ---- prediction ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _member_moments(self, m: Member, scan: Scan, second: bool) -> tuple[np.ndarray, int]:
-        """Mean (and, with ``second``, mean square) of the class probabilities over the member's passes, on
-        the scan's grid: (C or 2C, X, Y, Z), and the number of passes."""
-        d = m.pre({"image": scan_to_metatensor(scan)})
-        x: MetaTensor = d["image"]
+    def _member_moments(self, m: Member, x: MetaTensor, scan: Scan, second: bool) -> tuple[np.ndarray, int]:
+        """Mean (and, with ``second``, mean square) of the class probabilities over the member's passes on
+        ``x`` (the scan through the member's preprocessing), on the scan's grid: (C or 2C, X, Y, Z), and the
+        number of passes."""
         total, total_sq, n = 0, 0, 0
         for p in probability_passes(m.model, x.as_tensor()[None], m.config, self.device, self.tta,
                                     domain=m.domain, sigmoid=self.regions is not None):
@@ -161,7 +164,8 @@ class Segmenter:
                 total_sq = total_sq + p[0] ** 2
             n += 1
         stacked = torch.cat([total / n, total_sq / n]) if second else total / n
-        inv = m.pre.inverse({"image": MetaTensor(stacked.cpu(), meta=x.meta, applied_operations=x.applied_operations)})
+        ops = copy.deepcopy(x.applied_operations)  # the inverse consumes them; x may serve another member
+        inv = m.pre.inverse({"image": MetaTensor(stacked.cpu(), meta=x.meta, applied_operations=ops)})
         out = inv["image"].as_tensor().numpy()
         if out.shape[1:] != scan.shape:
             raise RuntimeError(f"internal: inverted shape {out.shape[1:]} != scan shape {scan.shape}")
@@ -174,7 +178,12 @@ class Segmenter:
         preprocessing crop are background."""
         if not np.any(scan.data):
             raise MedsegError(f"{scan.name}: the image is empty (every voxel is zero)")
-        runs = [self._member_moments(m, scan, variance) for m in self.members]
+        prepared: dict[int, MetaTensor] = {}  # one preprocessing per shared pipeline
+        runs = []
+        for m in self.members:
+            if id(m.pre) not in prepared:
+                prepared[id(m.pre)] = m.pre({"image": scan_to_metatensor(scan)})["image"]
+            runs.append(self._member_moments(m, prepared[id(m.pre)], scan, variance))
         passes = sum(n for _, n in runs)
         moments = sum(out * n for out, n in runs) / passes
         c = len(self.regions or self.labels)
@@ -183,11 +192,6 @@ class Segmenter:
         if not self.regions:  # outside the crop nothing was predicted: background (regions are 0 there already)
             probs[0] += np.clip(1 - probs.sum(0), 0, None)
         return probs, var, passes
-
-    @property
-    def outputs(self) -> list[str]:
-        """What the probability channels are: class names, or region names for a region-trained model."""
-        return list(self.regions or self.labels)
 
     def labels_from_probabilities(self, probs: np.ndarray) -> np.ndarray:
         """Probabilities on the scan's grid -> label values: argmax over classes, or for region outputs
