@@ -153,6 +153,21 @@ def brats_channel_order(channels: list[str]) -> list[int] | None:
     return idx if None not in idx and sorted(idx) == [0, 1, 2, 3] else None
 
 
+def brats_case_files(case_dir: Path) -> tuple[list[Path], Path | None] | None:
+    """(channel files in BRATS_CHANNELS order, segmentation or None) of a BraTS case folder, or None when it
+    is not one; a missing channel file is an error naming it."""
+    naming = brats_naming(case_dir)
+    if naming is None:
+        return None
+    suffixes, seg_suffix = naming
+    images = [case_dir / f"{case_dir.name}{s}.nii.gz" for s in suffixes]
+    for f in images:
+        if not f.is_file():
+            raise MedsegError(f"{f}: missing channel file for BraTS case '{case_dir.name}'")
+    seg = case_dir / f"{case_dir.name}{seg_suffix}.nii.gz"
+    return images, seg if seg.is_file() else None
+
+
 def is_brats_folder(root: Path) -> bool:
     return any(d.is_dir() and brats_naming(d) for d in root.iterdir())
 
@@ -161,17 +176,12 @@ def _brats(root: Path) -> DatasetInfo:
     """BraTS case folders: one sub-folder per case holding its four channel files and (training) its _seg."""
     training, test = [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        naming = brats_naming(d)
-        if naming is None:
+        found = brats_case_files(d)
+        if found is None:
             continue
-        suffixes, seg_suffix = naming
-        image = [d / f"{d.name}{s}.nii.gz" for s in suffixes]
-        for f in image:
-            if not f.is_file():
-                raise MedsegError(f"{f}: missing channel file for BraTS case '{d.name}'")
-        seg = d / f"{d.name}{seg_suffix}.nii.gz"
-        case = {"id": d.name, "image": [str(f) for f in image], "label": str(seg) if seg.is_file() else None}
-        (training if seg.is_file() else test).append(case)
+        image, seg = found
+        case = {"id": d.name, "image": [str(f) for f in image], "label": str(seg) if seg else None}
+        (training if seg else test).append(case)
     if not training:
         raise MedsegError(f"{root}: no BraTS case folders with a segmentation (CASE/CASE_t1.nii.gz ... "
                           f"CASE/CASE_seg.nii.gz) found")

@@ -19,7 +19,7 @@ from typing import Sequence
 from ..errors import MedsegError
 from .dicom import is_dicom_dir
 from .readers import FILE_SUFFIXES
-from ..data.datasets import brats_channel_order, brats_naming
+from ..data.datasets import brats_case_files, brats_channel_order
 from .scan import PathLike, case_name, image_suffix
 
 
@@ -89,11 +89,12 @@ def _folder_cases(folder: Path, channels: Sequence[str]) -> list[Case]:
     if tagged:  # nnU-Net
         return _group_files(tagged, channels)
     cases = []
+    order = brats_channel_order(list(channels))  # the model's channels as BraTS channels, if they are
     for sub in (d for d in entries if d.is_dir()):  # BraTS: CASE/CASE_<channel>.nii.gz
-        naming, order = brats_naming(sub), brats_channel_order(list(channels))
-        if naming is not None and order is not None:  # BraTS 2018-2021 (_t1 _t1ce _t2 _flair) or 2023
-            # (-t1n -t1c -t2w -t2f) files, in the model's channel order (e.g. MSD Task01's FLAIR, T1w, t1gd, T2w)
-            cases.append(Case(sub.name, [sub / f"{sub.name}{naming[0][i]}.nii.gz" for i in order]))
+        found = brats_case_files(sub) if order is not None else None
+        if found is not None:  # BraTS 2018-2021 (_t1 _t1ce _t2 _flair) or 2023 (-t1n -t1c -t2w -t2f) files,
+            # in the model's channel order (e.g. MSD Task01's FLAIR, T1w, t1gd, T2w)
+            cases.append(Case(sub.name, [found[0][i] for i in order]))
             continue
         files = [f for f in sorted(sub.iterdir()) if _is_image(f) and not case_name(f).lower().endswith("_seg")
                  and channel_tag(f, channels)]

@@ -10,10 +10,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import MedsegError
+from .preview import _COLORS
 from .scan import PathLike, first_line
 
-_COLORS_RGB = [(230, 26, 26), (26, 191, 51), (38, 89, 242), (242, 204, 26), (204, 51, 217), (26, 204, 217),
-               (242, 128, 26), (140, 89, 51)]  # the preview's colours
+_COLORS_RGB = [tuple(round(c * 255) for c in rgb) for rgb in _COLORS]  # the preview's colours, 0-255
 
 
 def is_dicom_file(path: Path) -> bool:

@@ -14,12 +14,12 @@ import SimpleITK as sitk
 
 from ..errors import MedsegError
 from .dicom import is_dicom_dir, read_dicom_series
-from .nifti import load_nifti, nifti_channels
-from .scan import PathLike, Scan, first_line, image_suffix
+from .nifti import NIFTI_SUFFIXES, load_nifti, nifti_channels
+from .scan import IMAGE_SUFFIXES, PathLike, Scan, first_line, image_suffix
 from .sitk_image import sitk_affine, sitk_channels
 
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-FILE_SUFFIXES = (".nii.gz", ".nii") + SITK_SUFFIXES
+FILE_SUFFIXES = IMAGE_SUFFIXES  # NIfTI, then SITK_SUFFIXES
 
 
 def _scan(data: np.ndarray, affine: np.ndarray, reference: Any, sources: list[str], dicom=()) -> Scan:
@@ -39,7 +39,7 @@ def read_image(path: PathLike) -> Scan:
         img, datasets = read_dicom_series(p)
         return _scan(sitk_channels(img, str(p)), sitk_affine(img), img, [str(p)], datasets)
     suffix = image_suffix(p)
-    if suffix in (".nii", ".nii.gz"):
+    if suffix in NIFTI_SUFFIXES:
         img = load_nifti(p)
         return _scan(nifti_channels(img, p), img.affine, img, [str(p)])
     if suffix in SITK_SUFFIXES:
