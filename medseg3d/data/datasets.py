@@ -88,6 +88,10 @@ def _msd(root: Path, meta: dict, path: Path) -> DatasetInfo:
         image = [_resolve(root, p) for p in imgs]
         training.append({"id": case_name(image[0]), "image": [str(p) for p in image],
                          "label": str(_resolve(root, entry["label"])) if entry.get("label") else None})
+    for case in training:  # (the nnU-Net and BraTS layouts find their files by listing folders)
+        for f in case["image"] + ([case["label"]] if case["label"] else []):
+            if not Path(f).is_file():
+                raise MedsegError(f"{f}: listed in {path} but not found")
     test = []
     for entry in meta.get("test", []):
         imgs = entry.get("image") if isinstance(entry, dict) else entry
@@ -213,10 +217,6 @@ def load_dataset(root: str | Path, layout: str = "auto", dataset_json: str = "da
         info.channels = list(channels)
     if labels is not None:
         info.labels = dict(sorted(labels.items(), key=lambda kv: kv[1]))
-    for case in info.training:
-        for f in case["image"] + ([case["label"]] if case["label"] else []):
-            if not Path(f).is_file():
-                raise MedsegError(f"{f}: listed in {path} but not found")
     return info
 
 
