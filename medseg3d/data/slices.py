@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai import transforms as mt
+from monai.utils import convert_to_tensor
 
 from ..errors import MedsegError
 
@@ -171,19 +172,17 @@ class SlicesToChannelsd(mt.MapTransform):
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        img = torch.as_tensor(_plain(d[self.image_key]))
+        img = convert_to_tensor(d[self.image_key], track_meta=False)
         if img.ndim != 4 or img.shape[1 + self.axis] != 2 * self.k + 1:
             raise ValueError(f"expected (C, X, Y, Z) with {2 * self.k + 1} along axis {self.axis}, got {tuple(img.shape)}")
         img = img.movedim(1 + self.axis, 1)
         d[self.image_key] = img.reshape(img.shape[0] * img.shape[1], *img.shape[2:])
         if self.label_key in d:
-            lab = torch.as_tensor(_plain(d[self.label_key])).movedim(1 + self.axis, 1)
+            lab = convert_to_tensor(d[self.label_key], track_meta=False).movedim(1 + self.axis, 1)
             d[self.label_key] = lab[:, self.k]
         return d
 
 
-def _plain(t):
-    return t.as_tensor() if hasattr(t, "as_tensor") else t
 
 
 def slice_sampling_transforms(cfg: "Config") -> list:

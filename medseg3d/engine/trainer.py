@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from monai import transforms as mt
 from monai.data import Dataset, PersistentDataset, list_data_collate
-from monai.utils import set_determinism
+from monai.utils import convert_to_tensor, set_determinism
 
 from ..config import Config, DataSource, dump_config, load_config, parse_duration
 from ..data.datasets import DatasetInfo, load_source, load_splits, make_splits
@@ -462,9 +462,9 @@ class Trainer:
         """(case id, predicted masks, reference masks, voxel spacing, loss) per validation case of a domain."""
         values = list(dom.info.labels.values())
         for case, item in zip(dom.val_cases, dom.val_ds):
-            image = _plain(item["image"])[None]
+            image = convert_to_tensor(item["image"], track_meta=False)[None]
             logits = predict_logits(model, image, self.cfg, self.device, domain=dom.name or None)
-            lab = _plain(item["label"])[0]
+            lab = convert_to_tensor(item["label"], track_meta=False)[0]
             if dom.regions:
                 ref_values = lab.round().long()
                 target = labels_to_regions(ref_values, dom.regions)[None]
@@ -742,10 +742,6 @@ def _image_label(item: Any) -> list[dict]:
     """The image and label of an augmented item (a list of patches from the random crop)."""
     items = item if isinstance(item, list) else [item]
     return [{"image": x["image"], "label": x["label"]} for x in items]
-
-
-def _plain(t: torch.Tensor) -> torch.Tensor:
-    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
 
 
 def _progress(total: int, initial: int = 0):
