@@ -15,7 +15,7 @@ from medseg3d.cli import app
 from medseg3d.config import load_config
 from medseg3d.engine.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "data_samples"
 TEST_SCANS = sorted((SAMPLES / "imagesTs").glob("*.nii.gz"))
 

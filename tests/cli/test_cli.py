@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from medseg3d.cli import app
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "data_samples"
 runner = CliRunner()
 

@@ -103,7 +103,7 @@ def test_parse_duration(text, seconds):
 
 
 def test_every_shipped_config_validates():
-    configs = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+    configs = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
     assert configs, "configs/ has no YAML file"
     for p in configs:
         cfg = load_config(p)
@@ -117,7 +117,7 @@ def test_readme_config_examples_validate():
 
     from medseg3d.config import Config
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     blocks = re.findall(r"```yaml\n(.*?)```", (repo / "README.md").read_text(), re.S)
     assert blocks
     for block in blocks:
@@ -129,7 +129,7 @@ def test_readme_config_examples_validate():
 
 
 def test_relabel_classes_must_be_labels(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     with pytest.raises(MedsegError, match=r"postprocess.relabel.target 'necrotic' is not one of data.labels "
                                           r"\(background, edema, non_enhancing, enhancing\)"):
         load_config(repo / "configs" / "brats_nnn.yaml", ["data.brats_labels=msd"])

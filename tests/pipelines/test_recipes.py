@@ -16,7 +16,7 @@ from medseg3d.cli import app
 from medseg3d.config import load_config
 from medseg3d.engine.trainer import model_params
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 RECIPES = ["brats_nnn", "brats_aereg", "vnet", "unet3d", "unetpp3d", "multiresunet3d", "u2net_multidomain"]
 TINY = ["--set", "preprocess.spacing=[6, 6, 6]", "--set", "infer.overlap=0", "--set", "train.tensorboard=true"]

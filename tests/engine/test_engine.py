@@ -18,7 +18,7 @@ from medseg3d.data.labels import brats_labels, brats_regions, labels_to_regions,
 from medseg3d.data.synthetic import write_brats_folders
 from medseg3d.engine.trainer import Trainer, lr_factor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "data_samples"
 
 

@@ -14,7 +14,7 @@ from medseg3d.data.synthetic import (CHANNELS, LABELS, TISSUES, make_brats_phant
                                      tissues_to_label, to_nifti, write_brats_folders, write_msd_dataset,
                                      write_nnunet_dataset)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHAPE = (48, 48, 48)  # 4 mm voxels over the default 192 mm field of view
 T = {name: i for i, name in enumerate(TISSUES)}
 BRAIN = [T[n] for n in ("grey_matter", "white_matter", "ventricles", "edema", "enhancing", "necrosis")]

@@ -24,9 +24,9 @@ from medseg3d.inference.segmenter import Segmenter
 from medseg3d.io.nifti import atomic_save
 from medseg3d.models import build_model
 
-from test_geometry import make_affine, phantom
+from helpers import make_affine, phantom
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "data_samples"
 CONFIGS = sorted((REPO / "configs").glob("slices2d_*.yaml"))
 
