@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {
     "load_config": ("medseg3d.config", "load_config"),
@@ -26,6 +26,8 @@ _LAZY = {
     "train": ("medseg3d.engine.trainer", "train"),
     "Trainer": ("medseg3d.engine.trainer", "Trainer"),
     "Segmenter": ("medseg3d.inference.segmenter", "Segmenter"),
+    "segment_files": ("medseg3d.inference.batch", "segment_files"),
+    "load_model": ("medseg3d.bundle", "load_model"),
     "load_dataset": ("medseg3d.data.datasets", "load_dataset"),
     "MedsegError": ("medseg3d.errors", "MedsegError"),
 }

@@ -1,16 +1,26 @@
 """The ``medseg3d`` command. Thin: it parses, calls the Python API, and turns a MedsegError into one line on
-stderr and exit code 1. Heavy imports happen inside the commands."""
+stderr and a non-zero exit code (a traceback only with ``--debug``). Heavy imports happen inside the commands."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+_STARTED = time.monotonic()  # the budget of `train` counts from the command's start
+_STATE = {"debug": False}
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"max_content_width": 120, "help_option_names": ["-h", "--help"]},
                   help="Volumetric-first 3D medical image segmentation (PyTorch + MONAI).")
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show Python tracebacks instead of one-line errors")):
+    _STATE["debug"] = debug
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -21,34 +31,49 @@ def _fail(msg: str, code: int = 1) -> None:
 def _run(fn, *args, **kwargs):
     from .errors import MedsegError, medseg_cause
 
+    if _STATE["debug"]:
+        return fn(*args, **kwargs)
     try:
         return fn(*args, **kwargs)
+    except typer.Exit:
+        raise
     except MedsegError as e:
-        _fail(str(e))
+        _fail(str(e), getattr(e, "exit_code", 1))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except RuntimeError as e:  # a MONAI transform wraps the reader's error
+    except MemoryError:
+        _fail("out of memory; use a smaller patch or sliding-window batch, or a machine with more memory")
+    except Exception as e:  # a MONAI transform wraps the reader's error; anything else is a bug worth reporting
         cause = medseg_cause(e)
-        if cause is None:
-            raise
-        _fail(str(cause))
+        if cause is not None:
+            _fail(str(cause), getattr(cause, "exit_code", 1))
+        _fail(f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(rerun with --debug for the traceback)", 2)
 
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="YAML config (see configs/)"),
+    config: Path = typer.Argument(..., help="YAML config (see configs/), or a dataset folder to plan for and train"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="override, e.g. --set train.epochs=5"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run folder (default: OUTPUT_DIR/NAME_TIME)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.pt"),
-    budget: Optional[str] = typer.Option(None, "--budget", help="wall-clock limit, e.g. 90s, 10m, 2h (train.budget)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="wall clock of the whole command, e.g. 90s, 10m, 2h"),
+    device: str = typer.Option("auto", "--device", help="dataset folder only: plan for auto, cpu or cuda"),
 ):
-    """Train a network from a config; writes a run folder with checkpoints, logs and the resolved config."""
-    from .engine.trainer import train as _train
-
-    overrides = list(set_ or []) + ([f"train.budget={budget}"] if budget else [])
+    """Train a network from a config, or plan a config for a dataset folder and train it; writes a run folder
+    with checkpoints, logs, the resolved config (and the plan)."""
     if resume is not None and run_dir is not None:
         _fail("give either --resume RUN_DIR or --run-dir, not both")
-    out = _run(_train, config, overrides, run_dir, resume)
+    if config.is_dir():
+        from .plan import plan_and_train
+
+        out = _run(plan_and_train, config, budget=budget, device=device, overrides=list(set_ or []),
+                   run_dir=run_dir, started_at=_STARTED)
+    else:
+        from .engine.trainer import train as _train
+
+        overrides = list(set_ or []) + ([f"train.budget={budget}"] if budget else [])
+        out = _run(_train, config, overrides, run_dir, resume, started_at=_STARTED)
     typer.echo(f"done: {out}")
 
 
@@ -56,18 +81,20 @@ def train(
 def infer(
     inputs: List[Path] = typer.Argument(..., help="scans: NIfTI, NRRD or MHA files (one multichannel file or one file "
                                              "per channel: CASE_0000.nii.gz ..., CASE_t1ce.nii.gz ...), DICOM series "
-                                             "folders, nnU-Net folders or folders of BraTS case folders"),
-    model: List[Path] = typer.Option(..., "--model", "-m", help="checkpoint file, run folder or exported .onnx; "
-                                                              "repeat for an ensemble (probabilities averaged)"),
-    output: Path = typer.Option(..., "--output", "-o", help="output folder"),
+                                             "folders, nnU-Net folders, folders of BraTS case folders, or folders "
+                                             "of scans (one file per case)"),
+    model: List[Path] = typer.Option(..., "--model", "-m", help="checkpoint file, run folder, or exported .onnx / "
+                                                              "TorchScript file; repeat for an ensemble"),
+    output: Path = typer.Option(..., "--output", "-o", help="output folder (or, for one case, a file such as "
+                                                          "seg.nii.gz)"),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="label map format: nifti, nrrd, mha or dicom-seg "
                                                                  "(default: dicom-seg for a DICOM series, else nifti)"),
-    tta: bool = typer.Option(False, "--tta", help="test-time augmentation: average over all 8 mirrorings"),
+    tta: bool = typer.Option(False, "--tta", help="test-time augmentation: average over the mirrorings training used"),
     save_probs: bool = typer.Option(False, "--save-probs", help="also write CASE_probs.npz (float16 probabilities)"),
     save_uncertainty: Optional[str] = typer.Option(None, "--save-uncertainty",
                                                    help="also write CASE_uncertainty: entropy or variance"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
-    overlap: Optional[float] = typer.Option(None, help="sliding-window overlap (default: the checkpoint's)"),
+    overlap: Optional[float] = typer.Option(None, help="sliding-window overlap in [0, 1) (default: the checkpoint's)"),
     sw_batch_size: Optional[int] = typer.Option(None, "--sw-batch-size", help="windows per forward pass"),
     preview: bool = typer.Option(True, help="write CASE.png: three slices with a coloured overlay"),
     report: bool = typer.Option(True, help="write CASE.json: volumes, components, runtime, model"),
@@ -81,97 +108,22 @@ def infer(
                                                                 "(e.g. enhancing:necrotic:0.5), or 'none'"),
     domain: Optional[str] = typer.Option(None, "--domain", help="multi-domain model: which domain (default: first)"),
 ):
-    """Segment scans; each label map is written in its scan's exact geometry into the output folder, with
-    optional probabilities, uncertainty, preview and report. Postprocessing flags override the checkpoint's
-    config."""
-    _run(_infer, inputs, model, output, fmt=fmt, tta=tta, save_probs=save_probs, uncertainty=save_uncertainty,
-         device=device, overlap=overlap, sw_batch_size=sw_batch_size, preview=preview, report=report,
-         channels_per_case=channels_per_case, domain=domain,
-         post={"min_component_ml": min_size_ml, "largest_component": largest_component, "fill_holes": fill_holes,
-               "relabel": relabel})
+    """Segment scans; each label map is written in its scan's exact geometry, with optional probabilities,
+    uncertainty, preview and report. Postprocessing flags override the checkpoint's config. A case that fails is
+    reported and skipped; the exit code is 1 when any failed."""
+    from .inference.batch import segment_files
 
-
-def _postprocess_config(current, overrides: dict):
-    """The checkpoint's postprocess config with the command line's overrides (None = keep)."""
-    from .config import PostprocessConfig
-    from .errors import MedsegError
-
-    raw = current.model_dump()
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    if isinstance(raw["relabel"], str):
-        parts = raw["relabel"].split(":")
-        if raw["relabel"].lower() == "none":
-            raw["relabel"] = None
-        elif len(parts) == 3:
-            raw["relabel"] = {"source": parts[0], "target": parts[1], "below_ml": parts[2]}
-        else:
-            raise MedsegError(f"--relabel {raw['relabel']!r}: expected SOURCE:TARGET:ML, e.g. enhancing:necrotic:0.5")
-    try:
-        return PostprocessConfig.model_validate(raw)
-    except ValueError as e:
-        err = e.errors()[0]
-        raise MedsegError(f"postprocessing option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-
-
-def _infer(inputs, model, output, *, fmt, tta, save_probs, uncertainty, device, overlap, sw_batch_size, preview,
-           report, channels_per_case, post, domain=None):
-    import matplotlib.pyplot as plt
-
-    import medseg3d
-
-    from .errors import MedsegError
-    from .inference.segmenter import Segmenter
-    from .io.cases import collect_cases
-    from .io.preview import preview_figure
-    from .io.report import case_report, report_writer
-    from .io.scan import atomic_write_all
-    from .io.writers import FORMATS, check_format, image_writer, label_writer, probabilities_writer
-
-    seg = Segmenter.from_checkpoint(model, device=device, tta=tta, domain=domain)
-    seg.configure(overlap=overlap, sw_batch_size=sw_batch_size)
-    seg.postprocess = _postprocess_config(seg.postprocess, post)
-    cases = collect_cases(inputs, seg.channels, channels_per_case)
-    protected = {p.resolve() for c in cases for p in c.inputs}
-    protected |= {f.resolve() for c in cases for p in c.inputs if p.is_dir() for f in p.iterdir()}
-    plans = []
-    for case in cases:  # every output path is known, and checked, before any work
-        case_fmt = fmt or ("dicom-seg" if case.inputs[0].is_dir() else "nifti")
-        map_ext = FORMATS.get("nifti" if case_fmt == "dicom-seg" else case_fmt, "")
-        paths = {"labels": output / f"{case.name}{FORMATS.get(case_fmt, '')}",
-                 "probs": output / f"{case.name}_probs.npz" if save_probs else None,
-                 "uncertainty": output / f"{case.name}_uncertainty{map_ext}" if uncertainty else None,
-                 "preview": output / f"{case.name}.png" if preview else None,
-                 "report": output / f"{case.name}.json" if report else None}
-        for p in paths.values():
-            if p is not None and (p.resolve() in protected or p.resolve().parent in protected):
-                raise MedsegError(f"{p}: would overwrite an input or write into an input DICOM folder; "
-                                  "choose another --output folder")
-        plans.append((case, case_fmt, paths))
-    for case, case_fmt, paths in plans:
-        scan = seg.read(case.inputs)
-        check_format(case_fmt, scan)
-        pred = seg.segment(scan, uncertainty=uncertainty)
-        writers = {paths["labels"]: label_writer(pred.labels, scan, case_fmt, seg.labels, medseg3d.__version__)}
-        if paths["probs"]:
-            writers[paths["probs"]] = probabilities_writer(pred.probabilities, scan, seg.labels, seg.regions)
-        if paths["uncertainty"]:
-            map_fmt = "nifti" if case_fmt == "dicom-seg" else case_fmt
-            writers[paths["uncertainty"]] = image_writer(pred.uncertainty, scan, map_fmt)
-        fig = preview_figure(scan, pred.labels, seg.labels, title=case.name) if preview else None
-        if fig is not None:
-            writers[paths["preview"]] = lambda tmp, fig=fig: fig.savefig(tmp, dpi=90)
-        if paths["report"]:
-            info = case_report(scan, pred.labels, seg.labels, runtime_s=pred.runtime_s, device=str(seg.device),
-                               model={"name": seg.config.model.name, "checkpoints": seg.sources},
-                               outputs=[str(p) for p in paths.values() if p], tta=tta, passes=pred.passes)
-            writers[paths["report"]] = report_writer(info)
-        try:
-            atomic_write_all(writers)
-        finally:
-            if fig is not None:
-                plt.close(fig)
-        typer.echo(f"{case.name}: wrote {paths['labels']} ({pred.runtime_s:.1f}s on {seg.device}"
-                   f"{f', {pred.passes} passes' if pred.passes > 1 else ''})")
+    result = _run(segment_files, inputs, model, output, fmt=fmt, tta=tta, save_probs=save_probs,
+                  uncertainty=save_uncertainty, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
+                  preview=preview, report=report, channels_per_case=channels_per_case, domain=domain,
+                  postprocess={"min_component_ml": min_size_ml, "largest_component": largest_component,
+                               "fill_holes": fill_holes, "relabel": relabel},
+                  log=typer.echo)
+    n = len(result.written) + len(result.failed)
+    if result.failed:
+        _fail(f"{len(result.failed)} of {n} case(s) failed ({', '.join(c for c, _ in result.failed)}); "
+              f"the other {len(result.written)} were written")
+    typer.echo(f"{n} case(s) in {result.seconds:.1f}s")
 
 
 @app.command()
@@ -181,7 +133,7 @@ def export(
     output: Path = typer.Option(..., "--output", "-o", help="file to write (.onnx or .pt)"),
     domain: Optional[str] = typer.Option(None, "--domain", help="multi-domain model: which domain (default: first)"),
 ):
-    """Export the network (eval mode) to ONNX or TorchScript; the config, channels and labels go with it."""
+    """Export the network (eval mode) to ONNX or TorchScript; the model contract goes with it."""
     from .inference.export import export_checkpoint
 
     typer.echo(f"wrote {_run(export_checkpoint, checkpoint, fmt, output, domain)}")
@@ -189,16 +141,18 @@ def export(
 
 @app.command()
 def evaluate(
-    pred_dir: Path = typer.Argument(..., help="folder of predicted label maps (NIfTI)"),
+    pred_dir: Path = typer.Argument(..., help="folder of predicted label maps (NIfTI, NRRD, MHA)"),
     gt_dir: Path = typer.Argument(..., help="folder of reference label maps, matched by file name"),
-    labels: Optional[str] = typer.Option(None, "--labels", help="name=value,... (default: values in the references)"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="name=value,... (default: dataset.json beside the "
+                                                                "references, else the values found, as label_<v>)"),
     regions: Optional[str] = typer.Option(None, "--regions",
                                           help="name=v+v+...,... e.g. WT=1+2+4,TC=1+4,ET=4, or brats (1/2/4), brats2023"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV table (default: PRED_DIR/metrics.csv)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV table to write (default: print it)"),
     hd95: bool = typer.Option(True, help="also compute HD95 (mm)"),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="score the references that have a prediction"),
 ):
     """Dice and HD95 per case and class/region for two folders, with mean/std rows, as a CSV table."""
-    _run(_evaluate, pred_dir, gt_dir, labels, regions, output, hd95)
+    _run(_evaluate, pred_dir, gt_dir, labels, regions, output, hd95, allow_missing)
 
 
 def _parse_pairs(text: str, what: str, multi: bool):
@@ -217,23 +171,33 @@ def _parse_pairs(text: str, what: str, multi: bool):
     return out
 
 
-def _evaluate(pred_dir, gt_dir, labels, regions, output, hd95):
-    from .data.labels import brats_regions
-    from .engine.metrics import evaluate_folders, summarise, write_table
+def _evaluate(pred_dir, gt_dir, labels, regions, output, hd95, allow_missing):
+    import csv
+    import io
 
-    lab = _parse_pairs(labels, "labels", False) if labels else None
+    from .config import brats_regions
+    from .engine.metrics import evaluate_folders, labels_near, summarise, write_table
+
+    lab = _parse_pairs(labels, "labels", False) if labels else labels_near(gt_dir)
     if regions in ("brats", "brats2018"):
         reg = brats_regions("2018")
     elif regions == "brats2023":
         reg = brats_regions("2023")
     else:
         reg = _parse_pairs(regions, "regions", True) if regions else None
-    rows = evaluate_folders(pred_dir, gt_dir, lab, reg, hd95=hd95)
-    out = write_table(rows, output or Path(pred_dir) / "metrics.csv")
+    rows = evaluate_folders(pred_dir, gt_dir, lab, reg, hd95=hd95, allow_missing=allow_missing)
     keys = [k for k in rows[0] if k != "case"]
     mean = summarise(rows, keys)[0]
+    if output is not None:
+        typer.echo(f"wrote {write_table(rows, output)}")
+    else:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["case", *keys])
+        w.writeheader()
+        for r in rows + summarise(rows, keys):
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        typer.echo(buf.getvalue(), nl=False)
     typer.echo(f"{len(rows)} cases; mean " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k != "case"))
-    typer.echo(f"wrote {out}")
 
 
 @app.command()

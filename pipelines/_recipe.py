@@ -1,5 +1,6 @@
-"""What the recipe scripts share: their command-line arguments and scoring a held-out scan. Each recipe itself
-(pipelines/<recipe>.py) reads top to bottom: load the config, train, segment, score."""
+"""The one runner the recipe scripts share: command-line arguments, load the recipe's config, train, segment a
+held-out scan and score it. Each recipe (pipelines/<recipe>.py) holds only what is its own: its description and,
+where the paper asks for it, its own segmentation step."""
 
 from __future__ import annotations
 
@@ -33,6 +34,25 @@ def overrides(args: argparse.Namespace) -> list[str]:
     if args.filters:
         out.append(f"model.params.base_filters={args.filters}")
     return out + list(args.overrides)
+
+
+def run_recipe(config: str, doc: str, argv: list[str] | None = None, segment=None) -> dict:
+    """Train configs/<config>.yaml (shortened by the arguments) and segment + score a held-out scan with
+    ``segment(seg, cfg, out)`` (default: :func:`segment_test_scan`); returns the run folder and the results."""
+    import medseg3d
+
+    args = parse_args(doc, argv)
+    # 1. the recipe: the paper's settings live in the config; the arguments only shorten the run
+    cfg = medseg3d.load_config(REPO / "configs" / f"{config}.yaml", overrides(args))
+    print(f"{cfg.name}: {cfg.model.name}, patch {cfg.train.patch_size}, loss {cfg.train.loss}")
+    # 2. train: a run folder with config.yaml, splits.json, log.csv, progress.png, tensorboard/, last.pt, best.pt,
+    #    validation/ and validation_metrics.csv (scored in each case's own geometry)
+    run_dir = medseg3d.train(cfg)
+    # 3. segment scans the model never saw, in their own geometry, and score them
+    if segment is None:
+        seg = medseg3d.Segmenter.from_checkpoint(run_dir)
+        return {"run_dir": run_dir, **segment_test_scan(seg, Path(args.out), regions=cfg.data.regions)}
+    return {"run_dir": run_dir, **segment(run_dir, cfg, Path(args.out))}
 
 
 def test_scan(root: Path = SAMPLES) -> tuple[list[Path], Path | None]:

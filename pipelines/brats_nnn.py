@@ -16,25 +16,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import medseg3d  # noqa: E402
-from _recipe import REPO, overrides, parse_args, segment_test_scan  # noqa: E402
+from _recipe import run_recipe  # noqa: E402
 
+
+def segment(run_dir, cfg, out: Path) -> dict:
+    """Softmax over 0/1/2/4, then the paper's postprocessing (ET smaller than 500 voxels -> necrosis, from the
+    checkpoint); Dice on WT / TC / ET."""
+    import medseg3d
+    from _recipe import segment_test_scan
+
+    seg = medseg3d.Segmenter.from_checkpoint(run_dir)
+    print(f"postprocessing from the checkpoint: relabel {seg.postprocess.relabel}")
+    return segment_test_scan(seg, out, regions=cfg.data.regions)
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__, argv)
-
-    # 1. the recipe: the paper's settings live in the config; the arguments only shorten the run
-    cfg = medseg3d.load_config(REPO / "configs" / "brats_nnn.yaml", overrides(args))
-    print(f"{cfg.name}: {cfg.model.name}, patch {cfg.train.patch_size}, loss {cfg.train.loss}")
-
-    # 2. train: a run folder with config.yaml, splits.json, log.csv, progress.png, tensorboard/, last.pt, best.pt
-    run_dir = medseg3d.train(cfg)
-    seg = medseg3d.Segmenter.from_checkpoint(run_dir)
-
-    # 3. segment a scan the model never saw: softmax over 0/1/2/4, then the paper's ET -> necrosis rule
-    print(f"postprocessing from the checkpoint: relabel {seg.postprocess.relabel}")
-    res = segment_test_scan(seg, Path(args.out), regions=cfg.data.regions)  # 4. Dice on WT / TC / ET
-    return {"run_dir": run_dir, **res}
+    return run_recipe("brats_nnn", __doc__, argv, segment=segment)
 
 
 if __name__ == "__main__":

@@ -13,24 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import medseg3d  # noqa: E402
-from _recipe import REPO, overrides, parse_args, segment_test_scan  # noqa: E402
+from _recipe import run_recipe  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__, argv)
-
-    # 1. the recipe: the paper's settings live in the config; the arguments only shorten the run
-    cfg = medseg3d.load_config(REPO / "configs" / "multiresunet3d.yaml", overrides(args))
-    print(f"{cfg.name}: {cfg.model.name}, patch {cfg.train.patch_size}, loss {cfg.train.loss}")
-
-    # 2. train: a run folder with config.yaml, splits.json, log.csv, progress.png, tensorboard/, last.pt, best.pt
-    run_dir = medseg3d.train(cfg)
-    seg = medseg3d.Segmenter.from_checkpoint(run_dir)
-
-    # 3. segment a scan the model never saw; the label map has the scan's geometry and the dataset's values
-    res = segment_test_scan(seg, Path(args.out), regions=cfg.data.regions)  # 4. and score it per class
-    return {"run_dir": run_dir, **res}
+    return run_recipe("multiresunet3d", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from medseg3d.config import load_config
-from medseg3d.engine.checkpoint import save_checkpoint
+from medseg3d.bundle import Head, ModelContract, save_checkpoint
 from medseg3d.inference.segmenter import Segmenter
 from medseg3d.models import build_model
 
@@ -66,5 +66,5 @@ def tiny_checkpoint(path: Path, channels=("T1",), labels=None, seed: int = 0, sp
                        "train": {"patch_size": [16, 16, 16]}, "infer": {"overlap": 0.25, "sw_batch_size": 4}})
     torch.manual_seed(seed)
     model = build_model("unet", 3, len(channels), len(labels), base_filters=4, depth=2, norm="instance")
-    return save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
-                            "channels": list(channels), "labels": labels}, path)
+    return save_checkpoint(ModelContract(cfg, {"": Head(list(channels), labels)}, (0, 1, 2), model.state_dict()),
+                           path)

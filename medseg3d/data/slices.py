@@ -32,6 +32,7 @@ import torch
 from monai import transforms as mt
 from monai.utils import convert_to_tensor
 
+from ..config import check_patch_2d
 from ..errors import MedsegError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,21 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 # ---- config ---------------------------------------------------------------------------------------------------
-def check_patch_2d(patch: Sequence[int], slice_axis: int | str) -> None:
-    """Validate ``train.patch_size`` for a 2D model (raises ValueError, which the config reports)."""
-    if any(p < 1 for p in patch) or len(patch) not in (2, 3):
-        raise ValueError("train.patch_size must be two positive integers (the slice size) for model.spatial_dims 2, "
-                         "or three with 1 along model.slice_axis")
-    if len(patch) == 3:
-        if slice_axis == "auto":
-            if 1 not in patch:
-                raise ValueError("train.patch_size has three numbers but none is 1 (the slice axis); "
-                                 "give the two in-plane sizes")
-        elif patch[slice_axis] != 1:
-            raise ValueError(f"train.patch_size must be 1 along model.slice_axis ({slice_axis}) for a 2D model, "
-                             f"got {list(patch)}; or give the two in-plane sizes")
-
-
 def coarsest_axis(spacing: Sequence[float], rtol: float = 1e-3) -> int:
     """The axis with the largest spacing; ties (within ``rtol``) go to the last such axis."""
     s = np.asarray(spacing, float)

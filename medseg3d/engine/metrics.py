@@ -100,12 +100,79 @@ def write_table(rows: list[dict], path: str | Path, extra_first: Sequence[str] =
     return path
 
 
-def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, labels: Mapping[str, int] | None = None,
-                     regions: Mapping[str, Sequence[int]] | None = None, hd95: bool = True) -> list[dict]:
-    """Match label maps (NIfTI, NRRD, MHA) by case name in two folders and score each pair. ``labels`` (name
-    -> value) default to the nonzero values found in the references, named ``label_<v>``."""
+def labels_near(folder: str | Path) -> dict[str, int] | None:
+    """The label names of the dataset a reference folder belongs to: ``dataset.json`` in the folder or its
+    parent (nnU-Net's labelsTr/, MSD's labelsTr/), else None."""
+    import json
+
+    from ..data.datasets import _labels
+
+    for d in (Path(folder), Path(folder).parent):
+        path = d / "dataset.json"
+        if path.is_file():
+            try:
+                raw = json.loads(path.read_text()).get("labels")
+            except (ValueError, AttributeError):
+                return None
+            if isinstance(raw, dict):
+                labels = _labels(raw, path)
+                return {k: v for k, v in labels.items() if v != 0}
+    return None
+
+
+def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A label map file (NIfTI, NRRD, MHA) as integers (X, Y, Z) and its voxel -> RAS affine."""
     from ..errors import MedsegError
     from ..io.readers import read_scan
+
+    scan = read_scan(path)
+    if scan.data.shape[0] != 1:
+        raise MedsegError(f"{path}: a label map must have one channel, got {scan.data.shape[0]}")
+    if not np.allclose(scan.data, np.round(scan.data)):
+        raise MedsegError(f"{path}: a label map must hold integers")
+    return np.round(scan.data[0]).astype(np.int32), scan.affine
+
+
+GRID_TOLERANCE_MM = 1e-2  # prediction and reference affines may differ by this much (float32 headers round)
+
+
+def same_grid(pred: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> str | None:
+    """None when two label maps share a grid (shape, and affine within GRID_TOLERANCE_MM), else what differs."""
+    if pred[0].shape != ref[0].shape:
+        return f"shape {pred[0].shape} differs from the reference's {ref[0].shape}"
+    diff = float(np.abs(pred[1] - ref[1]).max())
+    if diff > GRID_TOLERANCE_MM:
+        shift = float(np.linalg.norm(pred[1][:3, 3] - ref[1][:3, 3]))
+        return (f"its geometry differs from the reference's (origin {shift:.2f} mm apart; affines differ by up to "
+                f"{diff:.3g})")
+    return None
+
+
+def score_files(pred_path: Path, ref_path: Path, structs: Mapping[str, Sequence[int]], hd95: bool = True,
+                ref: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """Dice (and HD95, in mm) per structure of a predicted label map file against its reference file; both
+    must share one grid."""
+    from ..errors import MedsegError
+
+    pred = read_label_map(Path(pred_path))
+    ref = ref or read_label_map(Path(ref_path))
+    problem = same_grid(pred, ref)
+    if problem:
+        raise MedsegError(f"{pred_path}: {problem} ({ref_path}); evaluate predictions in their scan's geometry")
+    spacing = np.sqrt((ref[1][:3, :3] ** 2).sum(0))
+    return case_metrics(masks_of(pred[0], structs), masks_of(ref[0], structs), list(structs), spacing, hd95)
+
+
+def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, labels: Mapping[str, int] | None = None,
+                     regions: Mapping[str, Sequence[int]] | None = None, hd95: bool = True,
+                     allow_missing: bool = False) -> list[dict]:
+    """Match label maps (NIfTI, NRRD, MHA) by case name in two folders and score each pair. ``labels`` (name
+    -> value) default to the nonzero values found in the references, named ``label_<v>``. A reference without
+    a prediction is an error (``allow_missing`` scores the others and warns), and so is a prediction on another
+    grid than its reference."""
+    import sys
+
+    from ..errors import MedsegError
     from ..io.scan import IMAGE_SUFFIXES, case_name
 
     def files(d: Path) -> dict[str, Path]:
@@ -114,30 +181,30 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, labels: Mapping[s
         return {case_name(p): p for p in sorted(d.iterdir())
                 if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)}
 
-    def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        scan = read_scan(path)
-        if scan.data.shape[0] != 1:
-            raise MedsegError(f"{path}: a label map must have one channel, got {scan.data.shape[0]}")
-        if not np.allclose(scan.data, np.round(scan.data)):
-            raise MedsegError(f"{path}: a label map must hold integers")
-        return np.round(scan.data[0]).astype(np.int32), scan.affine
-
     preds, gts = files(Path(pred_dir)), files(Path(gt_dir))
     common = sorted(set(preds) & set(gts))
     if not common:
         raise MedsegError(f"{pred_dir}: no prediction matches a reference in {gt_dir} by file name")
-    refs = {c: read(gts[c]) for c in common}
+    missing = sorted(set(gts) - set(preds))
+    if missing:
+        msg = (f"{pred_dir}: no prediction for {len(missing)} of {len(gts)} reference(s) in {gt_dir} "
+               f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
+        if not allow_missing:
+            raise MedsegError(msg + "; segment them, or pass --allow-missing to score the others")
+        print(f"warning: {msg}; scoring the other {len(common)}", file=sys.stderr)
+    refs = {c: read_label_map(gts[c]) for c in common}
     if labels is None and not regions:
         values = sorted({int(v) for r, _ in refs.values() for v in np.unique(r)} - {0})
         labels = {f"label_{v}": v for v in values}
     structs = structures(labels or {}, regions)
+    bad = []
     rows = []
     for c in common:
-        pred, _ = read(preds[c])
-        ref, affine = refs[c]
-        if pred.shape != ref.shape:
-            raise MedsegError(f"{preds[c]}: shape {pred.shape} differs from the reference's {ref.shape}")
-        spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
-        rows.append({"case": c, **case_metrics(masks_of(pred, structs), masks_of(ref, structs),
-                                               list(structs), spacing, hd95)})
+        try:
+            rows.append({"case": c, **score_files(preds[c], gts[c], structs, hd95, ref=refs[c])})
+        except MedsegError as e:
+            bad.append(str(e))
+    if bad:
+        raise MedsegError(f"{len(bad)} prediction(s) are not on their reference's grid: " + "; ".join(bad[:3])
+                          + ("; ..." if len(bad) > 3 else ""))
     return rows

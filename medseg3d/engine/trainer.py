@@ -1,15 +1,15 @@
-"""The training loop: patches from the cached preprocessing, Dice + CE (or the configured loss), validation by
-sliding window with Dice per class or region, ``last.pt`` every epoch and ``best.pt`` on the best validation
-Dice, a CSV log, TensorBoard events and ``progress.png``, all inside one run folder that also holds the
-resolved config and the splits.
+"""Training one config into one run folder: set-up (data, splits, cached preprocessing, network, optimiser,
+schedule, loss), then the small loop of :mod:`medseg3d.engine.loop` with its callbacks.
+
+The run folder holds the resolved config, the splits, ``log.csv``, ``tensorboard/``, ``progress.png``,
+``last.pt`` (every epoch) and ``best.pt`` (best validation Dice), the final validation's label maps
+(``validation/``) and ``validation_metrics.csv``.
 
 Length: ``train.epochs`` x ``train.iters_per_epoch``, or ``train.iterations`` in total, cut short by the
-wall-clock ``train.budget``. The learning rate follows the schedule per iteration (linear warm-up, then poly
-or cosine). ``resume=RUN_DIR`` continues from ``RUN_DIR/last.pt`` exactly: weights, optimizer, scheduler,
-epoch and iteration counters, the best metric, and every random state (torch, numpy, python, the batch
-sampler and each MONAI random transform), so the resumed run repeats and skips nothing. Batches are drawn
-with a seeded sampler in the main process (``num_workers: 0``, the default); with worker processes the
-workers prefetch ahead, so a resumed run is equivalent but not bit-identical.
+wall-clock ``train.budget``, which covers the whole command (preprocessing, validation and the final
+validation included). The learning rate follows the schedule per iteration. ``resume=RUN_DIR`` continues from
+``RUN_DIR/last.pt`` exactly: weights, optimizer, scheduler, counters, the best metric and every random state, so
+the resumed run repeats and skips nothing. SIGINT and SIGTERM save a resumable checkpoint after the current step.
 
 Multi-domain runs (``data.domains``, u2net3d): every domain has its own data, labels, channels and splits;
 each batch comes from one domain (``data.domain_sampling``), validation is reported per domain.
@@ -17,13 +17,12 @@ each batch comes from one domain (``data.domain_sampling``), validation is repor
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import inspect
 import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,37 +33,34 @@ import numpy as np
 import torch
 from monai import transforms as mt
 from monai.data import Dataset, PersistentDataset, list_data_collate
-from monai.utils import convert_to_tensor, set_determinism
+from monai.utils import set_determinism
 
+from ..bundle import Head, ModelContract, build_network, load_checkpoint, training_mirror_axes
+from ..bundle.checkpoint import save_checkpoint
 from ..config import Config, DataSource, dump_config, load_config, parse_duration
 from ..data.datasets import DatasetInfo, load_source, load_splits, make_splits
-from ..data.labels import labels_to_regions
-from ..data.slices import model_in_channels, resolve_slices
+from ..data.slices import resolve_slices
 from ..data.transforms import LoadCased, augment_transforms, preprocess_transforms
 from ..errors import MedsegError, medseg_cause
-from ..inference.inferer import predict_logits
-from ..io.scan import atomic_write
-from ..models import build_model
-from ..registry import MODELS
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..runtime import pick_device, set_threads
+from . import callbacks as cb
+from .loop import Loop, NonFiniteLoss, train_step
 from .losses import build_loss
-from .metrics import case_metrics, masks_of, structures, summarise, write_table
+from .metrics import structures
+from .state import TrainState, capture_rng, random_states, restore_rng
+from .validation import final_validation, validate_on_grid
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise MedsegError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("device 'cuda' was asked for but CUDA is not available on this machine")
-    return dev
+class TrainingInterrupted(MedsegError):
+    """Training was stopped by a signal after saving a resumable checkpoint."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.signal_name == "SIGINT" else 143
 
 
 def cache_dir_for(cfg: Config, info: DatasetInfo, map_labels: bool = True) -> Path:
@@ -74,73 +70,6 @@ def cache_dir_for(cfg: Config, info: DatasetInfo, map_labels: bool = True) -> Pa
                       "channels": info.channels, "v": 1, **({} if map_labels else {"raw_labels": True})},
                      sort_keys=True)
     return base / "preprocessed" / hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def model_params(cfg: Config) -> dict[str, Any]:
-    """``model.params`` completed from the rest of the config: ``input_image_size`` (the AE-regularised net's
-    VAE needs the training patch size) is filled in from ``train.patch_size`` for any net that takes it, and
-    ``domains`` from ``data.domains``."""
-    params = dict(cfg.model.params)
-    try:
-        sig = inspect.signature(MODELS.get(cfg.model.name).__init__).parameters
-    except ValueError:
-        sig = {}
-    patch = list(cfg.train.patch_size)
-    if "input_image_size" in sig:
-        if params.get("input_image_size") is None:
-            params["input_image_size"] = patch
-        elif list(params["input_image_size"]) != patch:
-            raise MedsegError(f"model.params.input_image_size {list(params['input_image_size'])} must equal "
-                              f"train.patch_size {patch} (leave it out and it is taken from the patch size)")
-    if cfg.data.domains:
-        if params.get("domains") not in (None, list(cfg.data.domains)):
-            raise MedsegError(f"model.params.domains {params['domains']} differs from data.domains "
-                              f"{list(cfg.data.domains)}; leave it out")
-        params["domains"] = list(cfg.data.domains)
-    return params
-
-
-def build_model_from_config(cfg: Config, in_channels: int | dict, out_channels: int | dict) -> torch.nn.Module:
-    """The config's network; for a multi-domain config ``in_channels``/``out_channels`` are dicts per domain."""
-    m = cfg.model
-    in_channels = model_in_channels(cfg, in_channels)  # 2.5D: each channel once per context slice
-    try:
-        return build_model(m.name, m.spatial_dims, in_channels, out_channels, **model_params(cfg))
-    except TypeError as e:
-        raise MedsegError(f"model.params: {e}") from None
-    except ValueError as e:
-        raise MedsegError(f"model.params: {e}") from None
-
-
-def model_from_checkpoint(ckpt: dict, domain: str | None = None) -> tuple[torch.nn.Module, Config, dict]:
-    """Rebuild a checkpoint's network with its weights. Returns ``(model, config, head)`` where ``head`` holds
-    the ``channels``, ``labels``, ``regions`` (None for softmax training) and ``domain`` (None for
-    single-domain models; the first domain unless ``domain`` names another) the outputs belong to."""
-    from ..config import validate_config
-
-    cfg = validate_config(ckpt["config"], source=ckpt.get("path", "checkpoint"))
-    doms = ckpt.get("domains")
-    if doms:
-        name = domain or next(iter(doms))
-        if name not in doms:
-            raise MedsegError(f"{ckpt.get('path', 'checkpoint')}: unknown domain '{name}'; the model has "
-                              f"{', '.join(doms)}")
-        n_in = {d: len(v["channels"]) for d, v in doms.items()}
-        n_out = {d: len(v["regions"] or v["labels"]) for d, v in doms.items()}
-        head = {**doms[name], "domain": name}
-    else:
-        if domain is not None:
-            raise MedsegError(f"{ckpt.get('path', 'checkpoint')}: --domain given but the model has no domains")
-        regions = ckpt.get("regions")
-        n_in, n_out = len(ckpt["channels"]), len(regions or ckpt["labels"])
-        head = {"channels": ckpt["channels"], "labels": ckpt["labels"], "regions": regions, "domain": None}
-    model = build_model_from_config(cfg, n_in, n_out)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise MedsegError(f"{ckpt.get('path')}: weights do not fit model '{cfg.model.name}' "
-                          f"({str(e).splitlines()[0]})") from None
-    return model, cfg, head
 
 
 @dataclass
@@ -157,6 +86,7 @@ class DomainData:
     train_ds: Any = None
     val_ds: Any = None
     aug: Any = None
+    cached: tuple = ()  # the cached (preprocessed) training and validation datasets
 
     @property
     def n_out(self) -> int:
@@ -166,13 +96,19 @@ class DomainData:
     def prefix(self) -> str:
         return f"{self.name}_" if self.name else ""
 
+    @property
+    def head(self) -> Head:
+        return Head(list(self.info.channels), dict(self.info.labels), self.regions)
+
 
 class Trainer:
     """Trains one config into one run folder. ``Trainer(cfg).fit()`` returns the run folder;
-    ``Trainer(cfg, resume=RUN_DIR).fit()`` continues an interrupted run."""
+    ``Trainer(cfg, resume=RUN_DIR).fit()`` continues an interrupted run. ``started_at`` (``time.monotonic()``)
+    is when the command began: the budget counts from there."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
+                 started_at: float | None = None):
+        self.started_at = time.monotonic() if started_at is None else started_at
         self.device = pick_device(cfg.train.device)
         self.domains: list[DomainData] = []
         region_mode = cfg.data.target == "regions"
@@ -181,9 +117,9 @@ class Trainer:
             regions = {k: list(v) for k, v in src.regions.items()} if src.regions else None
             self.domains.append(DomainData(name, src, info, regions if region_mode else None,
                                            structures(info.labels, regions)))
-        first = self.domains[0]
-        self.info = first.info
+        self.info = self.domains[0].info
         self.cfg = cfg = resolve_slices(cfg, self.info)  # 2D: the slice axis and patch, recorded resolved
+        self.multi = bool(cfg.data.domains)
         self.resume_from: dict | None = None
         if resume is not None:
             run_dir = Path(resume)
@@ -192,8 +128,7 @@ class Trainer:
             self.resume_from = load_checkpoint(run_dir / "last.pt")
             _check_same_run(self.resume_from["config"], cfg, run_dir / "last.pt")
         self.run_dir = Path(run_dir) if run_dir else self._new_run_dir()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.multi = bool(cfg.data.domains)
+        self.mirror_axes = training_mirror_axes(cfg)
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def _new_run_dir(self) -> Path:
@@ -237,8 +172,7 @@ class Trainer:
                 raise MedsegError(f"{d.splits_file or saved}: unknown case id(s) {missing[:5]}")
             dom.train_cases = [by_id[i] for i in splits[d.fold]["train"]]
             dom.val_cases = [by_id[i] for i in splits[d.fold]["val"]]
-        out = all_splits if self.multi else all_splits[""]
-        saved.write_text(json.dumps(out, indent=1))
+        self._splits_json = all_splits if self.multi else all_splits[""]
 
     def _datasets(self) -> None:
         cfg = self.cfg
@@ -254,6 +188,17 @@ class Trainer:
             dom.aug = mt.Compose(augment_transforms(cfg, dom.regions))
             dom.aug.set_random_state(seed=cfg.train.seed + i)
             dom.train_ds = Dataset(cached_train, transform=dom.aug)
+            dom.cached = (cached_train, dom.val_ds)
+
+    def _preprocess_all(self) -> None:
+        """Preprocess (or load from the cache) every case once before the first step, so a bad file stops the
+        run before training, and the first epoch is not slowed by it."""
+        for dom in self.domains:
+            for ds in dom.cached:
+                if ds is None:
+                    continue
+                for i in range(len(ds)):
+                    ds[i]
 
     def _build_model(self) -> torch.nn.Module:
         if self.multi:
@@ -261,7 +206,7 @@ class Trainer:
             n_out = {d.name: d.n_out for d in self.domains}
         else:
             n_in, n_out = len(self.info.channels), self.domains[0].n_out
-        return build_model_from_config(self.cfg, n_in, n_out).to(self.device)
+        return build_network(self.cfg, n_in, n_out).to(self.device)
 
     def _log_fields(self) -> list[str]:
         f = ["epoch", "iterations", "train_loss", "val_loss", "val_dice_mean"]
@@ -271,38 +216,59 @@ class Trainer:
             f += [f"val_dice_{dom.prefix}{n}" for n in dom.structs]
         return f + ["lr", "epoch_seconds"]
 
-    # ---- loop ---------------------------------------------------------------------------------------------
+    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
+                                   weight_decay=t.weight_decay)
+        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+    def _loss(self) -> torch.nn.Module:
+        t = self.cfg.train
+        return build_loss(t.loss, multilabel=self.cfg.data.target == "regions", **t.loss_params)
+
+    def _contract(self, model: torch.nn.Module, extra: dict[str, Any]) -> ModelContract:
+        first = self.domains[0]
+        heads = {d.name: d.head for d in self.domains} if self.multi else {"": first.head}
+        return ModelContract(self.cfg, heads, self.mirror_axes, model.state_dict(), source=str(self.run_dir),
+                             extra={**extra, "target": self.cfg.data.target})
+
+    # ---- the run ------------------------------------------------------------------------------------------
     def fit(self) -> Path:
-        """Train; returns the run folder. A bad case file raises its MedsegError (not MONAI's wrapper)."""
+        """Train; returns the run folder. Errors in the data stop the run before its folder is written."""
+        created = not self.run_dir.exists()
         try:
             return self._fit()
-        except RuntimeError as e:
-            cause = medseg_cause(e)
-            if cause is None:
-                raise
-            raise cause from None
+        except BaseException as e:
+            cause = medseg_cause(e) if isinstance(e, RuntimeError) else None
+            if created and not (self.run_dir / "last.pt").exists() and self.run_dir.exists() and (
+                    isinstance(e, MedsegError) or cause is not None):
+                shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing of value was written yet
+            if cause is not None:
+                raise cause from None
+            raise
 
     def _fit(self) -> Path:
         cfg, t = self.cfg, self.cfg.train
         set_determinism(seed=t.seed)
-        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        set_threads(t.threads)
         self._splits()
         self._datasets()
+        self._preprocess_all()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        (self.run_dir / "splits.json").write_text(json.dumps(self._splits_json, indent=1))
+
         model = self._build_model()
         opt = self._optimizer(model)
-        sched = self._scheduler(opt)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
         loss_fn = self._loss()
-        use_amp = t.amp and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        budget = parse_duration(t.budget) if t.budget else math.inf
-        total_epochs, total_iters = cfg.total_epochs, cfg.total_iterations
+        amp = t.amp and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
         sampler = random.Random(t.seed)  # batch indices and domains, one seeded stream
-
-        best, start_epoch, it_total = -math.inf, 0, 0
-        log_path = self.run_dir / "log.csv"
-        fields = self._log_fields()
-        history: list[dict] = []
-        partial: list[float] = []  # losses of an epoch cut by the budget, continued on --resume
+        transform_states = {d.name: random_states(d.aug) for d in self.domains}
+        state = TrainState()
         if self.resume_from is not None:
             ck = self.resume_from
             model.load_state_dict(ck["model"])
@@ -310,106 +276,120 @@ class Trainer:
             sched.load_state_dict(ck["scheduler"])
             if ck.get("scaler"):
                 scaler.load_state_dict(ck["scaler"])
-            start_epoch, it_total = int(ck["epoch"]), int(ck["iteration"])
-            partial = [float(v) for v in ck.get("partial_losses", [])]
-            best = ck["best_metric"] if ck.get("best_metric") is not None else -math.inf
-            self._set_rng(ck["rng"], sampler)
-            if log_path.is_file():
-                history = [r for r in csv.DictReader(open(log_path)) if int(r["epoch"]) <= start_epoch]
-        _write_log(log_path, fields, history)
-        writer = self._tensorboard(purge_step=it_total if self.resume_from is not None else None)
+            state.epoch, state.iteration = int(ck["epoch"]), int(ck["iteration"])
+            state.epoch_losses = [float(v) for v in ck.get("partial_losses", [])]
+            state.best_metric = ck["best_metric"] if ck.get("best_metric") is not None else -math.inf
+            if not restore_rng(ck["rng"], sampler, transform_states):
+                raise MedsegError(f"{self.run_dir / 'last.pt'}: the augmentation changed since the run started")
+            log = self.run_dir / "log.csv"
+            if log.is_file():
+                import csv
+
+                with open(log) as f:
+                    state.history = [r for r in csv.DictReader(f) if int(r["epoch"]) <= state.epoch]
+
+        def save(path: Path, finished: bool) -> None:
+            done = state.epoch + 1 if finished else state.epoch
+            extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                     "epoch": done, "iteration": state.iteration, "best_metric": state.best,
+                     "partial_losses": [] if finished else list(state.epoch_losses),
+                     "rng": capture_rng(sampler, transform_states)}
+            save_checkpoint(self._contract(model, extra), path)
+
+        batches = {d.name: self._batches(d, sampler) for d in self.domains}
+
+        def step() -> float:
+            dom = self._pick_domain(sampler, state.iteration)
+            return train_step(model, next(batches[dom.name]), loss_fn, opt, sched, scaler, device=self.device,
+                              amp=amp, grad_clip=t.grad_clip, domain=dom.name if self.multi else None)
+
+        def validate() -> dict[str, float]:
+            return validate_on_grid(model, self.domains, cfg, self.device, loss_fn, self.multi)
+
+        def final() -> None:
+            final_validation(model, cfg, self.domains, self.run_dir, self.device, self.mirror_axes, self.multi)
+
+        has_val = any(d.val_ds is not None for d in self.domains)
+        lr = lambda: opt.param_groups[0]["lr"]  # noqa: E731
+        callbacks: list[cb.Callback] = []
+        if t.budget:
+            callbacks.append(cb.Budget(parse_duration(t.budget), self.started_at,
+                                       *self._validation_estimates(model) if has_val else (0.0, 0.0),
+                                       save_s=self._save_estimate(model)))
+        if has_val:
+            callbacks.append(cb.Validation(validate, t.val_every))
+        callbacks += [cb.History(self.run_dir / "log.csv", self._log_fields(), lr),
+                      cb.Checkpoints(self.run_dir, save), cb.ProgressPlot(self.run_dir / "progress.png")]
+        if t.tensorboard:
+            callbacks.append(cb.TensorBoard(self.run_dir / "tensorboard",
+                                            state.iteration if self.resume_from is not None else None, lr))
+        callbacks += [cb.Progress(), cb.Signals()]
+        if has_val:
+            callbacks.append(cb.FinalValidation(final))
 
         n_params = sum(p.numel() for p in model.parameters())
         print(f"run folder: {self.run_dir}", flush=True)
-        print(f"model {cfg.model.name} ({n_params / 1e6:.2f} M parameters) on {self.device}; "
-              + "; ".join(f"{d.name + ': ' if d.name else ''}{len(d.train_cases)} training / {len(d.val_cases)} validation cases"
-                          for d in self.domains), flush=True)
+        print(f"model {cfg.model.name} ({n_params / 1e6:.2f} M parameters) on {self.device}, "
+              f"{torch.get_num_threads()} thread(s); " + "; ".join(
+                  f"{d.name + ': ' if d.name else ''}{len(d.train_cases)} training / {len(d.val_cases)} validation "
+                  f"cases" for d in self.domains), flush=True)
         if self.resume_from is not None:
-            print(f"resuming at epoch {start_epoch + 1}, iteration {it_total}", flush=True)
-        batches = {d.name: self._batches(d, sampler) for d in self.domains}
-        bar = _progress(total_iters, it_total)
-        clock = time.monotonic()
-        epoch, done = start_epoch, start_epoch
-        stopped = False
-        for epoch in range(start_epoch, total_epochs):
-            t0 = time.monotonic()
-            model.train()
-            losses, partial = list(partial), []
-            epoch_end = min((epoch + 1) * t.iters_per_epoch, total_iters)
-            n_it = epoch_end - it_total  # all of it, or what a budget stop left of it
-            for k in range(n_it):
-                dom = self._pick_domain(sampler, it_total)
-                batch = next(batches[dom.name])
-                x = batch["image"].to(self.device)
-                y = batch["label"].to(self.device)
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast(self.device.type, enabled=use_amp):
-                    out = model(x, domain=dom.name) if self.multi else model(x)
-                    loss = loss_fn(out, y, x)
-                loss_value = loss.item()  # one device sync per step
-                if not math.isfinite(loss_value):
-                    raise MedsegError(f"training diverged at epoch {epoch + 1}: the loss is {loss_value}")
-                scaler.scale(loss).backward()
-                if t.grad_clip:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                losses.append(loss_value)
-                it_total += 1
-                if writer is not None:
-                    writer.add_scalar("train/loss", losses[-1], it_total)
-                    writer.add_scalar("train/lr", opt.param_groups[0]["lr"], it_total)
-                bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{total_epochs}", loss=f"{np.mean(losses[-20:]):.4f}",
-                                lr=f"{opt.param_groups[0]['lr']:.2e}")
-                if time.monotonic() - clock > budget:
-                    stopped = True
-                    break
-            lr = opt.param_groups[0]["lr"]
-            last = epoch + 1 == total_epochs or stopped
-            has_val = any(d.val_ds is not None for d in self.domains)
-            val = self.validate(model, loss_fn, final=last) if has_val and (
-                (epoch + 1) % t.val_every == 0 or last) else None
-            row = {"epoch": epoch + 1, "iterations": it_total, "train_loss": float(np.mean(losses)),
-                   **(val or {}), "lr": lr, "epoch_seconds": time.monotonic() - t0}
-            row = {k: row.get(k, float("nan")) for k in fields}
-            history.append(row)
-            _append_log(log_path, fields, row)
-            if writer is not None and val:
-                for k, v in val.items():
-                    writer.add_scalar(k.replace("val_", "val/", 1), v, it_total)
-                writer.flush()
-            mean = val["val_dice_mean"] if val else float("nan")
-            if val is not None and math.isfinite(mean) and mean > best:
-                best = mean
-            # an epoch cut by the budget is not finished: --resume continues it where it stopped
-            done = epoch + 1 if it_total == epoch_end else epoch
-            state = self._state(model, opt, sched, scaler, done, it_total, best, sampler)
-            state["partial_losses"] = [] if done == epoch + 1 else losses
-            save_checkpoint(state, self.run_dir / "last.pt")
-            if val is not None and math.isfinite(mean) and mean >= best:
-                save_checkpoint(state, self.run_dir / "best.pt")
-            write_progress_png(history, self.run_dir / "progress.png")
-            msg = f"epoch {epoch + 1}/{total_epochs}: loss {row['train_loss']:.4f}"
-            if val is not None:
-                per = ", ".join(f"{k[9:]} {v:.3f}" for k, v in val.items() if k.startswith("val_dice_")
-                                and k != "val_dice_mean")
-                msg += f"; val Dice {mean:.3f} ({per})"
-            bar.write(msg + f"; {row['epoch_seconds']:.1f}s")
-            if stopped:
-                bar.write(f"stopping: the wall-clock budget of {t.budget} is spent")
-                break
-        bar.close()
-        if not (self.run_dir / "best.pt").exists():
-            save_checkpoint(self._state(model, opt, sched, scaler, done, it_total, best, sampler),
-                            self.run_dir / "best.pt")
-        if any(d.val_ds is not None for d in self.domains) and not (self.run_dir / "validation_metrics.csv").exists():
-            self.final_validation(model)  # a resumed run that had nothing left to train
-        if writer is not None:
-            writer.close()
+            print(f"resuming at epoch {state.epoch + 1}, iteration {state.iteration}", flush=True)
+        loop = Loop(step, state, iters_per_epoch=t.iters_per_epoch, total_iterations=cfg.total_iterations,
+                    callbacks=callbacks)
+        try:
+            loop.run()
+        except NonFiniteLoss as e:
+            kept = (f"the last good checkpoint is {self.run_dir / 'last.pt'} (epoch {state.epoch})"
+                    if (self.run_dir / "last.pt").exists() else "no epoch had finished, so nothing was saved")
+            raise MedsegError(f"training diverged at epoch {state.epoch + 1}, iteration {state.iteration + 1}: "
+                              f"{e}; {kept}; lower train.lr or turn on train.grad_clip") from None
+        if state.stop in cb.SIGNAL_STOPS:
+            raise TrainingInterrupted(
+                f"interrupted by {state.stop} at epoch {state.epoch + 1}, iteration {state.iteration}; a checkpoint "
+                f"was saved: continue with `medseg3d train ... --resume {self.run_dir}`", state.stop)
         return self.run_dir
+
+    def _validation_estimates(self, model: torch.nn.Module) -> tuple[float, float]:
+        """Seconds a validation pass on the preprocessed grid and the final validation will take, before either
+        has run: one timed forward pass of a batch of windows times the number of batches, plus per-case
+        overheads."""
+        cfg = self.cfg
+        roi, sw = list(cfg.train.patch_size), max(1, cfg.infer.sw_batch_size)
+        n_batches, n_cases = 0, 0
+        for dom in self.domains:
+            for item in dom.val_ds or []:
+                shape = list(item["image"].shape[1:])
+                n_cases += 1
+                if cfg.model.spatial_dims == 2:  # slices in batches of sw (a slice fits one window)
+                    n_batches += math.ceil(shape[cfg.model.slice_axis] / sw)
+                else:
+                    n_batches += math.ceil(math.prod(_windows(s, r, cfg.infer.overlap) for s, r in zip(shape, roi))
+                                           / sw)
+        if not n_cases:
+            return 0.0, 0.0
+        stack = 2 * cfg.model.context_slices + 1 if cfg.model.spatial_dims == 2 else 1
+        x = torch.zeros(sw, len(self.domains[0].info.channels) * stack, *roi, device=self.device)
+        kw = {"domain": self.domains[0].name} if self.multi else {}
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(x, **kw)  # warm-up
+                t0 = time.perf_counter()
+                model(x, **kw)
+                per_batch = time.perf_counter() - t0
+        finally:
+            model.train(was)
+        grid = per_batch * n_batches + 0.05 * n_cases
+        final = 1.3 * grid + 0.5 * n_cases  # reading, inversion to the scan's grid, postprocessing, HD95, writing
+        return grid, final
+
+    def _save_estimate(self, model: torch.nn.Module) -> float:
+        """Seconds to write last.pt and progress.png once (weights + Adam's two moments)."""
+        n_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+        return 0.5 + n_bytes / 200e6
 
     def _pick_domain(self, sampler: random.Random, it: int) -> DomainData:
         if len(self.domains) == 1:
@@ -437,150 +417,26 @@ class Trainer:
 
         yield from DataLoader(dom.train_ds, batch_sampler=index_batches(), num_workers=t.num_workers,
                               collate_fn=lambda b: list_data_collate([_image_label(x) for x in b]),
-                              persistent_workers=True)
+                              persistent_workers=True, pin_memory=self.device.type == "cuda")
 
-    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        t = self.cfg.train
-        if t.optimizer == "sgd":
-            return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
-                                   weight_decay=t.weight_decay)
-        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
-    def _scheduler(self, opt: torch.optim.Optimizer):
-        """Stepped once per iteration: linear warm-up over ``warmup_epochs``, then poly / cosine / constant
-        over the remaining iterations."""
-        return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(self.cfg))
+def _windows(size: int, roi: int, overlap: float) -> int:
+    """Sliding windows along one axis (MONAI's scan: interval roi·(1 - overlap), the last window flush)."""
+    if size <= roi:
+        return 1
+    interval = max(1, int(roi * (1 - overlap)))
+    return math.ceil((size - roi) / interval) + 1
 
-    # ---- validation ---------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _loss(self) -> torch.nn.Module:
-        t = self.cfg.train
-        return build_loss(t.loss, multilabel=self.cfg.data.target == "regions", **t.loss_params)
 
-    def _val_cases(self, model: torch.nn.Module, dom: DomainData, loss_fn):
-        """(case id, predicted masks, reference masks, voxel spacing, loss) per validation case of a domain."""
-        values = list(dom.info.labels.values())
-        for case, item in zip(dom.val_cases, dom.val_ds):
-            image = convert_to_tensor(item["image"], track_meta=False)[None]
-            logits = predict_logits(model, image, self.cfg, self.device, domain=dom.name or None)
-            lab = convert_to_tensor(item["label"], track_meta=False)[0]
-            if dom.regions:
-                ref_values = lab.round().long()
-                target = labels_to_regions(ref_values, dom.regions)[None]
-                pred_masks = torch.sigmoid(logits[0].float()) > 0.5
-            else:
-                ref_values = torch.as_tensor(values)[lab.round().long()]
-                target = lab[None, None]
-                pred_masks = masks_of(torch.as_tensor(values)[logits.argmax(1)[0]], dom.structs)
-            loss = float(loss_fn(logits, target, image))
-            spacing = item["image"].pixdim.tolist() if hasattr(item["image"], "pixdim") else None
-            yield case["id"], pred_masks, masks_of(ref_values, dom.structs), spacing, loss
-
-    def validate(self, model: torch.nn.Module, loss_fn=None, final: bool = False) -> dict[str, float]:
-        """Mean validation loss and Dice per class/region (per domain), as log columns. With ``final`` the same
-        pass also computes HD95 and writes RUN/validation_metrics.csv (per case, then mean/std/n rows)."""
-        loss_fn = loss_fn or self._loss()
-        out: dict[str, float] = {}
-        losses, means, table = [], [], []
-        for dom in self.domains:
-            if dom.val_ds is None:
-                continue
-            rows = []
-            for cid, p, r, spacing, loss in self._val_cases(model, dom, loss_fn):
-                m = case_metrics(p, r, list(dom.structs), spacing, hd95=final)
-                rows.append(m)
-                losses.append(loss)
-                if final:
-                    table.append({"case": cid, **({"domain": dom.name} if self.multi else {}),
-                                  **{k.replace("_", f"_{dom.prefix}", 1): v for k, v in m.items()}})
-            per = [float(np.nanmean([row[f"dice_{n}"] for row in rows])) if any(
-                np.isfinite(row[f"dice_{n}"]) for row in rows) else float("nan") for n in dom.structs]
-            dmean = float(np.nanmean(per)) if np.any(np.isfinite(per)) else float("nan")
-            means.append(dmean)
-            if self.multi:
-                out[f"val_dice_{dom.prefix}mean"] = dmean
-            out.update({f"val_dice_{dom.prefix}{n}": v for n, v in zip(dom.structs, per)})
-        out["val_loss"] = float(np.mean(losses)) if losses else float("nan")
-        out["val_dice_mean"] = float(np.nanmean(means)) if np.any(np.isfinite(means)) else float("nan")
-        if final and table:
-            self._write_validation_table(table)
-        return out
-
-    def _write_validation_table(self, rows: list[dict]) -> Path:
-        keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("case", "domain")))
-        keys = [k for k in keys if k.startswith("dice")] + [k for k in keys if not k.startswith("dice")]
-        rows = [{"case": r["case"], **({"domain": r["domain"]} if self.multi else {}),
-                 **{k: r.get(k, float("nan")) for k in keys}} for r in rows]
-        path = write_table(rows, self.run_dir / "validation_metrics.csv", ("domain",) if self.multi else ())
-        summary = summarise(rows, keys)[0]
-        print("final validation (mean over cases): " + ", ".join(
-            f"{k} {v:.3f}" for k, v in summary.items() if k != "case"), flush=True)
-        return path
-
-    def final_validation(self, model: torch.nn.Module) -> Path:
-        """Dice and HD95 per case and class/region of the validation cases -> RUN/validation_metrics.csv."""
-        self.validate(model, final=True)
-        return self.run_dir / "validation_metrics.csv"
-
-    # ---- state --------------------------------------------------------------------------------------------
-    def _tensorboard(self, purge_step: int | None):
-        if not self.cfg.train.tensorboard:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # pragma: no cover - tensorboard is a dependency
-            return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
-
-    def _state(self, model, opt, sched, scaler, epoch: int, iteration: int, best: float,
-               sampler: random.Random) -> dict[str, Any]:
-        first = self.domains[0]
-        state = {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "epoch": epoch, "iteration": iteration, "best_metric": best if best > -math.inf else None,
-            "config": self.cfg.model_dump(mode="json"), "channels": list(first.info.channels),
-            "labels": dict(first.info.labels), "regions": first.regions, "target": self.cfg.data.target,
-            "rng": self._get_rng(sampler),
-        }
-        if self.multi:
-            state["domains"] = {d.name: {"channels": list(d.info.channels), "labels": dict(d.info.labels),
-                                         "regions": d.regions} for d in self.domains}
-        return state
-
-    def _get_rng(self, sampler: random.Random) -> dict[str, Any]:
-        """Every random state as tensors and lists (loadable with weights_only=True)."""
-        np_state = np.random.get_state()
-        return {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": _mt_to_saved(np_state),
-            "python": _py_to_saved(random.getstate()),
-            "sampler": _py_to_saved(sampler.getstate()),
-            "transforms": {d.name: [_mt_to_saved(r.get_state()) for r in _random_states(d.aug)]
-                           for d in self.domains},
-        }
-
-    def _set_rng(self, rng: dict[str, Any], sampler: random.Random) -> None:
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(_mt_from_saved(rng["numpy"]))
-        random.setstate(_py_from_saved(rng["python"]))
-        sampler.setstate(_py_from_saved(rng["sampler"]))
-        for d in self.domains:
-            states = rng["transforms"].get(d.name, [])
-            rs = _random_states(d.aug)
-            if len(states) != len(rs):
-                raise MedsegError(f"{self.run_dir / 'last.pt'}: the augmentation changed since the run started")
-            for r, st in zip(rs, states):
-                r.set_state(_mt_from_saved(st))
+def _image_label(item: Any) -> list[dict]:
+    """The image and label of an augmented item (a list of patches from the random crop)."""
+    items = item if isinstance(item, list) else [item]
+    return [{"image": x["image"], "label": x["label"]} for x in items]
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
 _RESUME_FREE = {("train", "epochs"), ("train", "iterations"), ("train", "budget"), ("train", "device"),
-                ("train", "num_workers"), ("data", "cache_dir"), ("output_dir",)}
+                ("train", "num_workers"), ("train", "threads"), ("data", "cache_dir"), ("output_dir",)}
 
 
 def _check_same_run(saved: dict, cfg: Config, where: Path) -> None:
@@ -600,7 +456,7 @@ def _check_same_run(saved: dict, cfg: Config, where: Path) -> None:
     walk(saved, now, ())
     if diffs:
         raise MedsegError(f"{where}: cannot resume with a different config ({', '.join(diffs[:6])} differ); only "
-                          f"train.epochs/iterations/budget/device/num_workers and data.cache_dir may change")
+                          f"train.epochs/iterations/budget/device/num_workers/threads and data.cache_dir may change")
 
 
 def lr_factor(cfg: Config):
@@ -625,135 +481,10 @@ class _LRFactor:
         return 1.0
 
 
-def _random_states(obj: Any, seen: set | None = None, depth: int = 0) -> list[np.random.RandomState]:
-    """Every numpy RandomState inside a MONAI transform tree, in a fixed order."""
-    from monai.transforms import Randomizable
-
-    seen = set() if seen is None else seen
-    out: list[np.random.RandomState] = []
-    if id(obj) in seen or depth > 6:
-        return out
-    seen.add(id(obj))
-    if isinstance(obj, Randomizable) and isinstance(getattr(obj, "R", None), np.random.RandomState):
-        if id(obj.R) not in seen:
-            seen.add(id(obj.R))
-            out.append(obj.R)
-    if isinstance(obj, (list, tuple)):
-        children = list(obj)
-    elif hasattr(obj, "__dict__") and (isinstance(obj, Randomizable) or isinstance(obj, mt.Transform)):
-        children = [v for k, v in sorted(vars(obj).items()) if k != "R"]
-    else:
-        children = []
-    for c in children:
-        if isinstance(c, (list, tuple, mt.Transform, Randomizable)):
-            out += _random_states(c, seen, depth + 1)
-    return out
-
-
-def _mt_to_saved(state: tuple) -> dict:
-    name, keys, pos, has_gauss, cached = state
-    return {"keys": torch.as_tensor(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _mt_from_saved(d: dict) -> tuple:
-    return ("MT19937", d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
-
-
-def _py_to_saved(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _py_from_saved(s: list) -> tuple:
-    return (s[0], tuple(s[1]), s[2])
-
-
-def _write_log(path: Path, fields: list[str], rows: list[dict]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: _fmt(r.get(k, float("nan"))) for k in fields})
-
-    atomic_write(path, write)
-
-
-def _append_log(path: Path, fields: list[str], row: dict) -> None:
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow({k: _fmt(row[k]) for k in fields})
-
-
-def _fmt(v: Any) -> Any:
-    return f"{v:.6g}" if isinstance(v, float) else v
-
-
-def write_progress_png(history: list[dict], path: Path) -> Path | None:
-    """nnU-Net-like progress plot: train/val loss, validation Dice per class/region, learning rate, per epoch.
-    Written to a temporary file and renamed."""
-    if not history:
-        return None
-    import matplotlib.pyplot as plt
-
-    fig = progress_figure(history)
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
-    finally:
-        plt.close(fig)
-
-
-def progress_figure(history: list[dict]):
-    """The progress plot of log rows as a matplotlib Figure (three panels: losses, validation Dice, lr)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    def col(k):  # log rows hold floats (this run) or strings (read back from log.csv on resume)
-        return np.array([float("nan") if r.get(k) in (None, "") else float(r[k]) for r in history], dtype=float)
-
-    ep = col("epoch")
-    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
-    axes[0].plot(ep, col("train_loss"), "b-o", ms=3, label="train loss")
-    if np.any(np.isfinite(col("val_loss"))):
-        axes[0].plot(ep, col("val_loss"), "r-o", ms=3, label="validation loss")
-    axes[0].set_ylabel("loss")
-    axes[0].legend(loc="upper right")
-    dice_keys = [k for k in history[0] if k.startswith("val_dice_")]
-    for k in dice_keys:
-        v = col(k)
-        if np.any(np.isfinite(v)):
-            axes[1].plot(ep, v, "-o", ms=3, lw=2.5 if k == "val_dice_mean" else 1.2, label=k[9:])
-    axes[1].set_ylabel("validation Dice")
-    axes[1].set_ylim(0, 1)
-    if axes[1].lines:
-        axes[1].legend(loc="lower right", fontsize=8, ncol=2)
-    axes[2].plot(ep, col("lr"), "k-o", ms=3)
-    axes[2].set_ylabel("learning rate")
-    axes[2].set_xlabel("epoch")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def _image_label(item: Any) -> list[dict]:
-    """The image and label of an augmented item (a list of patches from the random crop)."""
-    items = item if isinstance(item, list) else [item]
-    return [{"image": x["image"], "label": x["label"]} for x in items]
-
-
-def _progress(total: int, initial: int = 0):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="training", unit="it", leave=False, dynamic_ncols=True,
-                disable=None)
-
-
 def train(config: Any, overrides: list[str] | None = None, run_dir: str | Path | None = None,
-          resume: str | Path | None = None) -> Path:
+          resume: str | Path | None = None, started_at: float | None = None) -> Path:
     """Train from a config (path, dict or Config) and return the run folder; ``resume=RUN_DIR`` continues an
     interrupted run from its last.pt."""
+    started_at = time.monotonic() if started_at is None else started_at
     cfg = load_config(config, overrides)
-    return Trainer(cfg, run_dir, resume=resume).fit()
+    return Trainer(cfg, run_dir, resume=resume, started_at=started_at).fit()

@@ -10,7 +10,6 @@ members, turned into labels with the file values the config names, and postproce
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import dataclass
@@ -18,21 +17,18 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from monai import transforms as mt
-from monai.data import MetaTensor
 
+from ..bundle import Head, ModelContract, load_model
 from ..config import Config, PostprocessConfig
 from ..data.labels import regions_to_labels
-from ..data.transforms import preprocess_transforms, scan_to_metatensor
-from ..engine.checkpoint import load_checkpoint
-from ..engine.trainer import model_from_checkpoint, pick_device
 from ..errors import MedsegError
 from ..io.nifti import label_dtype, nifti_like
 from ..io.readers import read_scan, scan_from_image
 from ..io.scan import Scan
 from ..io.sitk_image import sitk_like
-from .inferer import probability_passes
+from ..runtime import pick_device
 from .postprocess import postprocess
+from .predictor import Member, Predictor
 
 PathInput = Union[str, os.PathLike]
 ImageInput = Union[PathInput, Sequence[PathInput], Any]  # also nibabel / SimpleITK images, numpy arrays
@@ -40,20 +36,10 @@ Uncertainty = Literal["entropy", "variance"]
 
 
 @dataclass
-class Member:
-    """One network of the ensemble with its own config and preprocessing."""
-
-    model: torch.nn.Module
-    config: Config
-    source: str
-    pre: mt.Compose
-    domain: Optional[str] = None  # the sub-network of a multi-domain model
-
-
-@dataclass
 class Prediction:
     """What segmenting one scan gives, all on the scan's own grid: ``labels`` (X, Y, Z, file values),
-    ``probabilities`` (C, X, Y, Z; region probabilities (R, ...) for a region-trained model) and ``uncertainty`` (X, Y, Z) when asked for."""
+    ``probabilities`` (C, X, Y, Z; region probabilities (R, ...) for a region-trained model) and
+    ``uncertainty`` (X, Y, Z) when asked for."""
 
     scan: Scan
     labels: np.ndarray
@@ -72,49 +58,86 @@ class Segmenter:
 
     def __init__(self, model: torch.nn.Module, config: Config, channels: list[str], labels: dict[str, int],
                  device: str | torch.device = "auto", source: str = "model", tta: bool = False,
-                 regions: dict[str, list[int]] | None = None, domain: str | None = None):
-        self.channels = list(channels)
-        self.labels = dict(labels)
-        self.regions = {k: list(v) for k, v in regions.items()} if regions else None  # sigmoid region outputs
-        self.device = pick_device(device) if isinstance(device, str) else device
-        self.members: list[Member] = []
-        self.tta = tta
+                 regions: dict[str, list[int]] | None = None, domain: str | None = None,
+                 mirror_axes: tuple[int, ...] | None = None):
+        head = Head(list(channels), dict(labels), {k: list(v) for k, v in regions.items()} if regions else None,
+                    domain)
+        self.predictor = Predictor(pick_device(device) if isinstance(device, str) else device, tta)
         self.postprocess: PostprocessConfig = config.postprocess.model_copy(deep=True)
-        self.add_member(model, config, source, domain)
+        self.add_member(model, config, source, head, mirror_axes)
 
-    def add_member(self, model: torch.nn.Module, config: Config, source: str = "model",
-                   domain: str | None = None) -> None:
+    @property
+    def channels(self) -> list[str]:
+        return self.head.channels
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return self.head.labels
+
+    @property
+    def regions(self) -> dict[str, list[int]] | None:  # sigmoid region outputs
+        return self.head.regions
+
+    @property
+    def head(self) -> Head:
+        return self.members[0].head
+
+    @property
+    def members(self) -> list[Member]:
+        return self.predictor.members
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    @property
+    def tta(self) -> bool:
+        return self.predictor.tta
+
+    @tta.setter
+    def tta(self, value: bool) -> None:
+        self.predictor.tta = bool(value)
+
+    def add_member(self, model: torch.nn.Module, config: Config, source: str = "model", head: Head | None = None,
+                   mirror_axes: tuple[int, ...] | None = None) -> Member:
         """Add a network to the ensemble (same channels, labels and regions); probabilities are averaged.
-        ``domain`` picks the sub-network of a multi-domain model."""
-        # members with the same preprocessing (e.g. folds) share one pipeline, so a scan is preprocessed once
-        # (MONAI inverts with the very transform instances that ran)
-        pre = next((m.pre for m in self.members if m.config.preprocess == config.preprocess), None) \
-            or mt.Compose(preprocess_transforms(config, keys=("image",)))
-        self.members.append(Member(model.to(self.device).eval(), config, source, pre, domain))
+        ``mirror_axes`` are the axes TTA may mirror (default: those the config's training mirrored)."""
+        from ..bundle import training_mirror_axes
+
+        head = head or self.head
+        if self.members:
+            for what in ("channels", "labels", "regions"):
+                mine, theirs = getattr(self.head, what), getattr(head, what)
+                if mine != theirs:
+                    raise MedsegError(f"{source}: its {what} {theirs} differ from {self.members[0].source}'s "
+                                      f"{mine}; ensemble members must share channels, labels and regions")
+        axes = training_mirror_axes(config) if mirror_axes is None else mirror_axes
+        return self.predictor.add(model, config, head, axes, source)
+
+    @classmethod
+    def from_contract(cls, contract: ModelContract, device: str | torch.device = "auto", tta: bool = False,
+                      domain: str | None = None) -> "Segmenter":
+        model, head = contract.build(domain)
+        return cls(model, contract.config, head.channels, head.labels, device=device, source=contract.source,
+                   tta=tta, regions=head.regions, domain=head.domain, mirror_axes=contract.mirror_axes)
 
     @classmethod
     def from_checkpoint(cls, paths: PathInput | Sequence[PathInput], device: str = "auto",
                         tta: bool = False, domain: str | None = None) -> "Segmenter":
-        """Load a checkpoint file, a run folder (its best.pt) or an ONNX file from ``medseg3d export``;
-        several make an ensemble, which must share channel names, labels and regions. ``domain`` picks the
-        sub-network of a multi-domain model (default: its first domain)."""
+        """Load a checkpoint file, a run folder (its best.pt), or an ONNX or TorchScript file from
+        ``medseg3d export``; several make an ensemble, which must share channel names, labels and regions.
+        ``domain`` picks the sub-network of a multi-domain model (default: its first domain)."""
         plist = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not plist:
             raise MedsegError("no checkpoint given")
         seg = None
         for path in plist:
-            model, cfg, head, source = _load_model(path, domain)
+            contract = load_model(path)
             if seg is None:
-                seg = cls(model, cfg, head["channels"], head["labels"], device=device, source=source, tta=tta,
-                          regions=head["regions"], domain=head["domain"])
+                seg = cls.from_contract(contract, device, tta, domain)
                 continue
-            for what, mine, theirs in (("channels", seg.channels, head["channels"]),
-                                       ("labels", seg.labels, head["labels"]),
-                                       ("regions", seg.regions, head["regions"] or None)):
-                if mine != theirs:
-                    raise MedsegError(f"{source}: its {what} {theirs} differ from {seg.members[0].source}'s "
-                                      f"{mine}; ensemble members must share channels, labels and regions")
-            seg.add_member(model, cfg, source, head["domain"])
+            model, head = contract.build(domain)
+            seg.add_member(model, contract.config, contract.source, head, contract.mirror_axes)
         return seg
 
     @property
@@ -128,11 +151,42 @@ class Segmenter:
 
     def configure(self, overlap: float | None = None, sw_batch_size: int | None = None) -> None:
         """Override the sliding-window settings of every member."""
+        if overlap is not None and not 0 <= overlap < 1:
+            raise MedsegError(f"overlap {overlap} is outside [0, 1): it is the fraction of a window shared with "
+                              f"its neighbour, e.g. 0.5")
+        if sw_batch_size is not None and sw_batch_size < 1:
+            raise MedsegError(f"sw_batch_size {sw_batch_size} must be a positive number of windows per pass")
         for m in self.members:
             if overlap is not None:
                 m.config.infer.overlap = overlap
             if sw_batch_size is not None:
                 m.config.infer.sw_batch_size = sw_batch_size
+
+    def set_postprocess(self, **overrides: Any) -> None:
+        """Override postprocessing settings (keys of the config's ``postprocess`` section; None keeps one).
+        ``relabel`` may also be ``'SOURCE:TARGET:ML'`` (e.g. ``'enhancing:necrotic:0.5'``) or ``'none'``."""
+        raw = self.postprocess.model_dump()
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        rel = raw.get("relabel")
+        if isinstance(rel, str):
+            parts = rel.split(":")
+            if rel.lower() == "none":
+                raw["relabel"] = None
+            elif len(parts) == 3:
+                raw["relabel"] = {"source": parts[0], "target": parts[1], "below_ml": parts[2]}
+            else:
+                raise MedsegError(f"relabel {rel!r}: expected SOURCE:TARGET:ML, e.g. enhancing:necrotic:0.5")
+        try:
+            post = PostprocessConfig.model_validate(raw)
+        except ValueError as e:
+            err = e.errors()[0]
+            raise MedsegError(f"postprocessing option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        if post.relabel is not None:
+            for key in ("source", "target"):
+                if getattr(post.relabel, key) not in self.labels:
+                    raise MedsegError(f"postprocess.relabel: unknown class '{getattr(post.relabel, key)}'; the "
+                                      f"model's classes are {', '.join(self.labels)}")
+        self.postprocess = post
 
     # ---- inputs -------------------------------------------------------------------------------------------
     def read(self, image: ImageInput, affine: np.ndarray | None = None) -> Scan:
@@ -151,47 +205,11 @@ class Segmenter:
         return scan
 
     # ---- prediction ---------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _member_moments(self, m: Member, x: MetaTensor, scan: Scan, second: bool) -> tuple[np.ndarray, int]:
-        """Mean (and, with ``second``, mean square) of the class probabilities over the member's passes on
-        ``x`` (the scan through the member's preprocessing), on the scan's grid: (C or 2C, X, Y, Z), and the
-        number of passes."""
-        total, total_sq, n = 0, 0, 0
-        for p in probability_passes(m.model, x.as_tensor()[None], m.config, self.device, self.tta,
-                                    domain=m.domain, sigmoid=self.regions is not None):
-            total = total + p[0]
-            if second:
-                total_sq = total_sq + p[0] ** 2
-            n += 1
-        stacked = torch.cat([total / n, total_sq / n]) if second else total / n
-        ops = copy.deepcopy(x.applied_operations)  # the inverse consumes them; x may serve another member
-        inv = m.pre.inverse({"image": MetaTensor(stacked.cpu(), meta=x.meta, applied_operations=ops)})
-        out = inv["image"].as_tensor().numpy()
-        if out.shape[1:] != scan.shape:
-            raise RuntimeError(f"internal: inverted shape {out.shape[1:]} != scan shape {scan.shape}")
-        return out, n
-
     def probabilities(self, scan: Scan, variance: bool = False) -> tuple[np.ndarray, Optional[np.ndarray], int]:
         """Class probabilities (C, X, Y, Z) on the scan's grid averaged over TTA passes and ensemble members
-        (region probabilities (R, ...) for a region-trained model); with ``variance``, also the per-voxel
-        variance over all passes (mean over classes); and the number of passes. Voxels outside the
-        preprocessing crop are background."""
-        if not np.any(scan.data):
-            raise MedsegError(f"{scan.name}: the image is empty (every voxel is zero)")
-        prepared: dict[int, MetaTensor] = {}  # one preprocessing per shared pipeline
-        runs = []
-        for m in self.members:
-            if id(m.pre) not in prepared:
-                prepared[id(m.pre)] = m.pre({"image": scan_to_metatensor(scan)})["image"]
-            runs.append(self._member_moments(m, prepared[id(m.pre)], scan, variance))
-        passes = sum(n for _, n in runs)
-        moments = sum(out * n for out, n in runs) / passes
-        c = len(self.regions or self.labels)
-        probs = moments[:c]
-        var = np.clip(moments[c:] - probs ** 2, 0, None).mean(0) if variance else None
-        if not self.regions:  # outside the crop nothing was predicted: background (regions are 0 there already)
-            probs[0] += np.clip(1 - probs.sum(0), 0, None)
-        return probs, var, passes
+        (region probabilities for a region-trained model), the variance over passes if asked, and the number of
+        passes (see :meth:`medseg3d.inference.predictor.Predictor.probabilities`)."""
+        return self.predictor.probabilities(scan, variance)
 
     def labels_from_probabilities(self, probs: np.ndarray) -> np.ndarray:
         """Probabilities on the scan's grid -> label values: argmax over classes, or for region outputs
@@ -252,21 +270,6 @@ def _entropy(probs: np.ndarray, sigmoid: bool) -> np.ndarray:
     if sigmoid:
         return -(p * np.log(p) + (1 - p) * np.log(1 - p)).sum(0)
     return -(probs * np.log(p)).sum(0)
-
-
-def _load_model(path: PathInput, domain: str | None = None) -> tuple[torch.nn.Module, Config, dict, str]:
-    """(model, config, head, source) of a checkpoint, run folder or exported ONNX file; ``head`` holds the
-    ``channels``, ``labels``, ``regions`` and ``domain`` the outputs belong to."""
-    if str(path).lower().endswith(".onnx"):
-        from .export import load_onnx
-
-        model, cfg, head = load_onnx(path)
-        if domain is not None and domain != head["domain"]:
-            raise MedsegError(f"{path}: exported for domain '{head['domain']}', not '{domain}'")
-        return model, cfg, {**head, "domain": None}, str(path)  # the domain is part of the exported graph
-    ckpt = load_checkpoint(path)
-    model, cfg, head = model_from_checkpoint(ckpt, domain)
-    return model, cfg, head, ckpt["path"]
 
 
 def as_input_kind(array: np.ndarray, scan: Scan) -> Any:

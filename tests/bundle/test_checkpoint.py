@@ -3,20 +3,21 @@
 import torch
 import pytest
 
-from medseg3d.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from medseg3d.bundle import Head, ModelContract, load_checkpoint, resolve_checkpoint, save_checkpoint
+from medseg3d.config import load_config
 from medseg3d.errors import MedsegError
 
 
-def state():
-    return {"model": {"w": torch.ones(2)}, "config": {"data": {"root": "."}}, "channels": ["T1"],
-            "labels": {"background": 0, "tumour": 1}, "epoch": 3}
+def state(epoch: int = 3) -> ModelContract:
+    return ModelContract(load_config({"data": {"root": "."}}), {"": Head(["T1"], {"background": 0, "tumour": 1})},
+                         (0, 1, 2), {"w": torch.ones(2)}, extra={"epoch": epoch})
 
 
 def test_round_trip_and_run_folder(tmp_path):
     save_checkpoint(state(), tmp_path / "last.pt")
     ck = load_checkpoint(tmp_path)  # a run folder resolves to best.pt, else last.pt
     assert ck["epoch"] == 3 and torch.equal(ck["model"]["w"], torch.ones(2))
-    save_checkpoint({**state(), "epoch": 5}, tmp_path / "best.pt")
+    save_checkpoint(state(5), tmp_path / "best.pt")
     assert resolve_checkpoint(tmp_path).name == "best.pt"
     assert load_checkpoint(tmp_path)["epoch"] == 5
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
@@ -31,7 +32,7 @@ def test_failed_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        save_checkpoint({**state(), "epoch": 99}, path)
+        save_checkpoint(state(99), path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -19,7 +19,7 @@ from medseg3d.config import load_config
 from medseg3d.data.slices import (coarsest_axis, context_indices, median_spacing, resolve_slices,
                                   slice_sampling_transforms, stack_slices)
 from medseg3d.errors import MedsegError
-from medseg3d.inference.inferer import predict_logits
+from medseg3d.inference.predictor import predict_logits
 from medseg3d.inference.segmenter import Segmenter
 from medseg3d.io.nifti import atomic_save
 from medseg3d.models import build_model

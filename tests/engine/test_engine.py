@@ -16,6 +16,7 @@ from medseg3d.config import load_config
 from medseg3d.data.datasets import load_dataset
 from medseg3d.data.labels import brats_labels, brats_regions, labels_to_regions, region_write_values, regions_to_labels
 from medseg3d.data.synthetic import write_brats_folders
+from medseg3d.bundle import build_network
 from medseg3d.engine.trainer import Trainer, lr_factor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,14 +38,14 @@ def test_resume_continues_at_the_right_step_with_identical_losses(tmp_path, monk
     calls = {"n": 0}
     collate = trainer_mod.list_data_collate
 
-    def interrupt_in_epoch_2(batch):
+    def crash_in_epoch_2(batch):  # a crash (as kill -9) in the middle of epoch 2: nothing of it is saved
         calls["n"] += 1
         if calls["n"] == 4:  # the second batch of epoch 2
-            raise KeyboardInterrupt
+            raise SystemExit("crash")
         return collate(batch)
 
-    monkeypatch.setattr(trainer_mod, "list_data_collate", interrupt_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(trainer_mod, "list_data_collate", crash_in_epoch_2)
+    with pytest.raises(SystemExit):
         Trainer(tiny(tmp_path, *extra), tmp_path / "cut").fit()
     monkeypatch.setattr(trainer_mod, "list_data_collate", collate)
     assert len(list(csv.DictReader(open(tmp_path / "cut" / "log.csv")))) == 1
@@ -177,7 +178,7 @@ def test_multidomain_step_leaves_other_domains_untouched():
         "model.params.base_filters=4", "model.params.levels=3", "train.weight_decay=0.1", "train.optimizer=adamw"])
     tr = Trainer.__new__(Trainer)
     tr.cfg = cfg
-    model = trainer_mod.build_model_from_config(cfg, {"brats": 4, "lesion": 2}, {"brats": 4, "lesion": 2})
+    model = build_network(cfg, {"brats": 4, "lesion": 2}, {"brats": 4, "lesion": 2})
     opt = tr._optimizer(model)
     x = {"brats": torch.randn(1, 4, 16, 16, 16), "lesion": torch.randn(1, 2, 16, 16, 16)}
 
@@ -269,7 +270,7 @@ def test_training_on_a_bad_case_file_is_one_sentence_naming_it(tmp_path):
 def test_progress_plot_draws_every_class_also_at_zero():
     import matplotlib.pyplot as plt
 
-    from medseg3d.engine.trainer import progress_figure
+    from medseg3d.engine.plots import progress_figure
 
     rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_dice_mean": 0.3 * e / 3,
              "val_dice_WT": 0.9 * e / 3, "val_dice_TC": 0.0, "val_dice_ET": float("nan") if e < 3 else 0.0,

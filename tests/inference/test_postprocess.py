@@ -7,7 +7,7 @@ from helpers import phantom, segmenter
 
 from medseg3d.config import PostprocessConfig, load_config
 from medseg3d.errors import MedsegError
-from medseg3d.inference import inferer
+from medseg3d.inference import predictor as inferer
 from medseg3d.inference.postprocess import postprocess
 
 NAMES = {"background": 0, "necrotic": 1, "edema": 2, "enhancing": 4}

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from medseg3d.cli import app
 from medseg3d.config import load_config
-from medseg3d.engine.trainer import model_params
+from medseg3d.bundle import model_params
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

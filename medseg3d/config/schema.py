@@ -1,24 +1,42 @@
-"""The run configuration: YAML validated by pydantic schemas that forbid unknown keys.
-
-``load_config(path, overrides)`` reads a YAML file, applies ``a.b=value`` overrides (values parsed as YAML),
-resolves relative paths written in the file against the file's folder (paths given in overrides against the
-current folder), and validates. Every error names the key; an unknown key also names the closest valid one.
+"""The run configuration's schema: pydantic models that forbid unknown keys. This layer imports neither torch
+nor MONAI (checking a YAML file is instant); the networks' and losses' own parameters are typed in
+:mod:`medseg3d.config.params`, the label conventions in :mod:`medseg3d.config.labels`.
 """
 
 from __future__ import annotations
 
-import copy
 import re
-from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import MedsegError
-from .registry import did_you_mean
+from ..registry import did_you_mean
+from .labels import brats_labels, brats_regions, region_write_values
+from .params import LOSS_PARAMS, NETWORK_PARAMS
 
 LayerSpec = Union[str, list, None]
+
+
+def _known_name(kind: str, name: str, table: dict) -> str:
+    """``name`` if it is a registered network/loss, else the same error the registries give."""
+    if name not in table:
+        raise ValueError(f"unknown {kind} '{name}'{did_you_mean(name, table)}; valid: {', '.join(sorted(table))}")
+    return name
+
+
+def check_patch_2d(patch: Sequence[int], slice_axis: int | str) -> None:
+    """Validate ``train.patch_size`` for a 2D model (raises ValueError, which the config reports)."""
+    if any(p < 1 for p in patch) or len(patch) not in (2, 3):
+        raise ValueError("train.patch_size must be two positive integers (the slice size) for model.spatial_dims 2, "
+                         "or three with 1 along model.slice_axis")
+    if len(patch) == 3:
+        if slice_axis == "auto":
+            if 1 not in patch:
+                raise ValueError("train.patch_size has three numbers but none is 1 (the slice axis); "
+                                 "give the two in-plane sizes")
+        elif patch[slice_axis] != 1:
+            raise ValueError(f"train.patch_size must be 1 along model.slice_axis ({slice_axis}) for a 2D model, "
+                             f"got {list(patch)}; or give the two in-plane sizes")
 
 
 class _Strict(BaseModel):
@@ -52,8 +70,6 @@ class DataSource(_Strict):
         if isinstance(conv, int) and not isinstance(conv, bool):
             conv = v["brats_labels"] = str(conv)
         if conv in ("2018", "2023", "msd"):
-            from .data.labels import brats_labels, brats_regions
-
             if v.get("labels") is None:
                 v["labels"] = brats_labels(conv)
             if v.get("regions") == "brats":
@@ -76,8 +92,6 @@ class DataSource(_Strict):
     @classmethod
     def _regions(cls, v):
         if v is not None:
-            from .data.labels import region_write_values
-
             if not v:
                 raise ValueError("regions must name at least one region")
             for name, vals in v.items():
@@ -106,7 +120,11 @@ class DataConfig(DataSource):
         "random", description="how the domain of each batch is chosen (seeded)")
     num_folds: int = Field(5, ge=2)
     fold: Union[int, Literal["all"]] = Field(0, description="validation fold, or 'all' to train on every case")
-    splits_file: Optional[str] = Field(None, description="JSON list of {'train': [ids], 'val': [ids]} per fold")
+    splits_file: Optional[str] = Field(None, description="JSON list of {'train': [ids], 'val': [ids]} per fold "
+                                                         "(nnU-Net's splits_final.json as it is)")
+    split_scheme: Literal["medseg3d", "nnunet"] = Field(
+        "medseg3d", description="how folds are drawn: 'medseg3d' (seeded by train.seed) or 'nnunet' (nnU-Net v2's "
+                                "five folds exactly: KFold with seed 12345 on the sorted case ids)")
     cache_dir: Optional[str] = Field(None, description="where preprocessed cases are cached; default ~/.cache/medseg3d")
 
     @model_validator(mode="after")
@@ -170,10 +188,7 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str):
-        from .models import MODELS
-
-        MODELS.get(v)  # an unknown name raises, naming the closest and the valid ones
-        return v
+        return _known_name("model", v, NETWORK_PARAMS)
 
 
 class AugmentConfig(_Strict):
@@ -224,6 +239,8 @@ class TrainConfig(_Strict):
     grad_clip: Optional[float] = Field(12.0, gt=0)
     amp: bool = Field(True, description="mixed precision on CUDA")
     num_workers: int = Field(0, ge=0)
+    threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads (null: torch's default; "
+                                                          "`medseg3d plan` measures the fastest)")
     device: str = "auto"
     seed: int = 0
     tensorboard: bool = Field(True, description="also log to RUN/tensorboard")
@@ -232,18 +249,14 @@ class TrainConfig(_Strict):
     @field_validator("loss")
     @classmethod
     def _loss(cls, v: str):
-        from .engine import losses  # noqa: F401  (registers)
-        from .registry import LOSSES
-
-        LOSSES.get(v)
-        return v
+        return _known_name("loss", v, LOSS_PARAMS)
 
     @field_validator("budget", mode="before")
     @classmethod
     def _budget(cls, v):
         if isinstance(v, (int, float)) and not isinstance(v, bool):  # a number is seconds
             v = f"{float(v):f}".rstrip("0").rstrip(".")
-        if v is not None and parse_duration(v) <= 0:
+        if v is not None and parse_duration(v) <= 0:  # (defined below, used at validation time)
             raise ValueError(f"must be a positive duration, got {v!r}")
         return v
 
@@ -283,8 +296,6 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _patch_dims(self):
         if self.model.spatial_dims == 2:  # 2D: the in-plane size, or three with 1 along the slice axis
-            from .data.slices import check_patch_2d
-
             check_patch_2d(self.train.patch_size, self.model.slice_axis)
         elif len(self.train.patch_size) != 3 or any(p < 1 for p in self.train.patch_size):
             raise ValueError("train.patch_size must be three positive integers")
@@ -322,140 +333,3 @@ def parse_duration(text: str | int | float) -> float:
     if not parts or "".join(a + b for a, b in parts) != s.replace(" ", ""):
         raise ValueError(f"not a duration like '90s', '10m' or '2h': {text!r}")
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-
-
-_TYPE_WORDS = {
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
-    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false", "bool_parsing": "true or false",
-    "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
-    "literal_error": None,
-}
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: Any = Config
-    for part in loc:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
-            return None
-        ann = model.model_fields[part].annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return model
-
-
-def _clean_loc(loc: tuple) -> tuple:
-    """Drop pydantic's union-member tags (``int``, ``literal['all']``) that follow a leaf key."""
-    out: list = []
-    model: Any = Config
-    for part in loc:
-        if isinstance(part, int):
-            out.append(part)
-            continue
-        if model is None or part not in model.model_fields:
-            if model is not None:  # an unknown key: keep it so the message can name it
-                out.append(part)
-            break
-        out.append(part)
-        ann = model.model_fields[part].annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return tuple(out)
-
-
-def _format_error(err: dict, source: str) -> tuple[str, str]:
-    loc = _clean_loc(tuple(err["loc"]))
-    key = ".".join(str(p) for p in loc)
-    typ = err["type"]
-    if typ == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        close = did_you_mean(str(loc[-1]), list(parent.model_fields)) if parent else ""
-        if close:
-            close = close.replace("'", "'" + "".join(f"{p}." for p in loc[:-1]), 1)
-        return key, f"unknown key '{key}'{close}"
-    if typ == "missing":
-        return key, f"missing required key '{key}'"
-    got = err.get("input")
-    if typ in _TYPE_WORDS and _TYPE_WORDS[typ]:
-        return key, f"'{key}' must be {_TYPE_WORDS[typ]}, got {got!r}"
-    msg = err["msg"].removeprefix("Value error, ")
-    msg = msg[0].lower() + msg[1:] if msg else msg
-    if typ == "value_error":
-        return key, f"'{key}': {msg}" if key else msg
-    return key, f"'{key}': {msg}, got {got!r}" if key else msg
-
-
-def validate_config(raw: dict, source: str = "config") -> Config:
-    """Validate a dict; a problem raises MedsegError naming each wrong key (once)."""
-    if not isinstance(raw, dict):
-        raise MedsegError(f"{source}: the config must be a YAML mapping, got {type(raw).__name__}")
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as e:
-        by_key: dict[str, list[str]] = {}
-        for err in e.errors():
-            key, msg = _format_error(err, source)
-            by_key.setdefault(key, []).append(msg)
-        parts = [msgs[0] if len(msgs) == 1 else f"'{key}' is not valid: " + " or ".join(
-            m.split(": ", 1)[-1] for m in msgs) for key, msgs in by_key.items()]
-        raise MedsegError(f"{source}: " + "; ".join(parts)) from None
-
-
-def apply_override(raw: dict, item: str, source: str = "--set") -> None:
-    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``3``, ``[1,2]``, ``true``)."""
-    if "=" not in item:
-        raise MedsegError(f"{source}: override {item!r} must look like key.sub=value")
-    key, value = item.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise MedsegError(f"{source}: override {item!r} has an empty key")
-    node = raw
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    try:
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as e:
-        raise MedsegError(f"{source}: cannot parse the value of {key!r}: {e}") from None
-
-
-def _resolve_paths(raw: dict, base: Path) -> None:
-    data = raw.get("data")
-    if isinstance(data, dict):
-        sections = [data] + [d for d in (data.get("domains") or {}).values() if isinstance(d, dict)] \
-            if isinstance(data.get("domains") or {}, dict) else [data]
-        for sec in sections:
-            for k in ("root", "cache_dir", "splits_file"):
-                if isinstance(sec.get(k), str):
-                    p = Path(sec[k]).expanduser()
-                    sec[k] = str(p if p.is_absolute() else (base / p).resolve())
-
-
-def load_config(path: str | Path | dict | Config, overrides: list[str] | None = None) -> Config:
-    """Read, override and validate a config.
-
-    ``path`` may be a YAML file, an already-parsed dict (paths relative to the current folder) or a Config.
-    """
-    if isinstance(path, Config):
-        raw = path.model_dump()
-        source, base = "config", Path.cwd()
-    elif isinstance(path, dict):
-        raw, source, base = copy.deepcopy(path), "config", Path.cwd()
-    else:
-        p = Path(path)
-        source, base = str(p), p.resolve().parent
-        if not p.is_file():
-            raise MedsegError(f"{p}: config file not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise MedsegError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise MedsegError(f"{source}: the config must be a YAML mapping, got {type(raw).__name__}")
-    _resolve_paths(raw, base)
-    for item in overrides or []:
-        apply_override(raw, item)
-    _resolve_paths(raw, Path.cwd())
-    return validate_config(raw, source)
-
-
-def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

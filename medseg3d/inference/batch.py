@@ -1,0 +1,194 @@
+"""Batch inference: files in, files out — what ``medseg3d infer`` does, as one function of the Python API.
+
+:func:`segment_files` collects the cases named by the inputs (files, per-channel files, DICOM series, nnU-Net,
+BraTS or plain folders), plans and checks every output path before any inference (never an input, never inside
+an input DICOM folder, the output folder writable), then segments one case at a time (memory stays flat) and
+writes each case's files together (temporary files renamed when all are written). A case that fails is reported
+and skipped; the others are still written, and the result lists what failed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from ..errors import MedsegError
+from ..io.cases import Case, collect_cases
+from ..io.scan import PathLike, atomic_write_all, image_suffix
+from ..io.writers import FORMATS, check_format, image_writer, label_writer, probabilities_writer
+from ..version import __version__
+from .segmenter import Segmenter, Uncertainty
+
+
+@dataclass
+class CaseOutputs:
+    """The files one case will get (None: not asked for)."""
+
+    case: Case
+    fmt: str
+    labels: Path
+    probs: Optional[Path] = None
+    uncertainty: Optional[Path] = None
+    preview: Optional[Path] = None
+    report: Optional[Path] = None
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.labels, self.probs, self.uncertainty, self.preview, self.report) if p]
+
+
+@dataclass
+class BatchResult:
+    written: list[CaseOutputs] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (case name, the one-line reason)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _single_file_output(output: Path) -> bool:
+    """``-o seg.nii.gz``: the output names a file, not a folder."""
+    return not output.is_dir() and image_suffix(output) in {s for s in FORMATS.values()}
+
+
+def plan_outputs(cases: Sequence[Case], output: Path, fmt: Optional[str], *, save_probs: bool = False,
+                 uncertainty: Optional[str] = None, preview: bool = True, report: bool = True) -> list[CaseOutputs]:
+    """Every output path, checked before any work: none may be an input or lie in an input DICOM folder."""
+    single = _single_file_output(output)
+    if single and len(cases) != 1:
+        raise MedsegError(f"{output}: names one file but there are {len(cases)} cases; give an output folder")
+    protected = {p.resolve() for c in cases for p in c.inputs}
+    protected |= {f.resolve() for c in cases for p in c.inputs if p.is_dir() for f in p.iterdir()}
+    plans = []
+    for case in cases:
+        if single:
+            suffix = image_suffix(output)
+            case_fmt = fmt or next(k for k, v in FORMATS.items() if v == suffix)
+            folder, stem = output.parent, output.name[: -len(suffix)]
+        else:
+            case_fmt = fmt or ("dicom-seg" if case.inputs[0].is_dir() else "nifti")
+            folder, stem = output, case.name
+        if case_fmt not in FORMATS:
+            raise MedsegError(f"unknown output format '{case_fmt}'; use one of {', '.join(FORMATS)}")
+        map_ext = FORMATS["nifti" if case_fmt == "dicom-seg" else case_fmt]
+        plan = CaseOutputs(case, case_fmt, folder / f"{stem}{FORMATS[case_fmt]}" if not single else output,
+                           probs=folder / f"{stem}_probs.npz" if save_probs else None,
+                           uncertainty=folder / f"{stem}_uncertainty{map_ext}" if uncertainty else None,
+                           preview=folder / f"{stem}.png" if preview else None,
+                           report=folder / f"{stem}.json" if report else None)
+        for p in plan.paths():
+            if p.resolve() in protected or p.resolve().parent in protected:
+                raise MedsegError(f"{p}: would overwrite an input or write into an input DICOM folder; "
+                                  "choose another output")
+        plans.append(plan)
+    seen: dict[Path, str] = {}
+    for plan in plans:
+        for p in plan.paths():
+            if p.resolve() in seen:
+                raise MedsegError(f"{p}: two cases ({seen[p.resolve()]}, {plan.case.name}) would write this file")
+            seen[p.resolve()] = plan.case.name
+    return plans
+
+
+def check_writable(folder: Path) -> list[Path]:
+    """Create ``folder`` if needed and check that files can be written there, before any inference runs.
+    Returns the folders it created (outermost first), so they can be removed again if nothing is written."""
+    created = [p for p in reversed([folder, *folder.parents]) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".medseg3d-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        _remove_empty(created)
+        raise MedsegError(f"{folder}: cannot write the outputs there ({e.strerror or e}); choose another output "
+                          f"folder or fix its permissions") from None
+    return created
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    for d in reversed(list(folders)):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLike] | Segmenter, output: PathLike,
+                  *, fmt: Optional[str] = None, tta: bool = False, save_probs: bool = False,
+                  uncertainty: Optional[Uncertainty] = None, device: str = "auto", overlap: Optional[float] = None,
+                  sw_batch_size: Optional[int] = None, preview: bool = True, report: bool = True,
+                  channels_per_case: Optional[int] = None, postprocess: Optional[dict[str, Any]] = None,
+                  domain: Optional[str] = None, log: Callable[[str], None] = print) -> BatchResult:
+    """Segment every case named by ``inputs`` with the model(s) and write the outputs into the folder ``output``
+    (or, for one case, the file ``output`` such as ``seg.nii.gz``). ``postprocess`` overrides the checkpoint's
+    postprocess settings (keys of the config's ``postprocess`` section; None keeps a setting). Returns what was
+    written and what failed; ``log`` gets one line per case."""
+    t_start = time.perf_counter()
+    seg = models if isinstance(models, Segmenter) else Segmenter.from_checkpoint(
+        models if isinstance(models, (list, tuple)) else [models], device=device, tta=tta, domain=domain)
+    seg.configure(overlap=overlap, sw_batch_size=sw_batch_size)
+    if postprocess:
+        seg.set_postprocess(**postprocess)
+    if uncertainty not in (None, "entropy", "variance"):
+        raise MedsegError(f"unknown uncertainty '{uncertainty}'; use entropy or variance")
+    output = Path(output)
+    cases = collect_cases(inputs, seg.channels, channels_per_case)
+    plans = plan_outputs(cases, output, fmt, save_probs=save_probs, uncertainty=uncertainty, preview=preview,
+                         report=report)
+    created = [d for folder in sorted({p.parent for plan in plans for p in plan.paths()})
+               for d in check_writable(folder)]
+    result = BatchResult()
+    try:
+        _segment_all(seg, plans, uncertainty, tta, log, result)
+    finally:
+        _remove_empty(created)  # a folder made for outputs that never came is not left behind
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _segment_all(seg: Segmenter, plans: list[CaseOutputs], uncertainty, tta: bool, log,
+                 result: BatchResult) -> None:
+    for plan in plans:
+        try:
+            try:
+                _segment_case(seg, plan, uncertainty, tta, log)
+            except OSError as e:  # a failed write (disk full, permissions): nothing of the case is left behind
+                raise MedsegError(f"{plan.labels.parent}: writing {plan.case.name}'s outputs failed "
+                                  f"({e.strerror or e})") from None
+            result.written.append(plan)
+        except MedsegError as e:
+            if len(plans) == 1:
+                raise  # one case: its error is the command's one line
+            result.failed.append((plan.case.name, str(e)))
+            log(f"{plan.case.name}: FAILED: {e}")
+
+
+def _segment_case(seg: Segmenter, plan: CaseOutputs, uncertainty, tta: bool, log) -> None:
+    from ..io.preview import preview_figure
+    from ..io.report import case_report, report_writer
+
+    scan = seg.read(plan.case.inputs)
+    check_format(plan.fmt, scan)
+    pred = seg.segment(scan, uncertainty=uncertainty)
+    writers = {plan.labels: label_writer(pred.labels, scan, plan.fmt, seg.labels, __version__)}
+    if plan.probs:
+        writers[plan.probs] = probabilities_writer(pred.probabilities, scan, seg.labels, seg.regions)
+    if plan.uncertainty:
+        writers[plan.uncertainty] = image_writer(pred.uncertainty, scan, "nifti" if plan.fmt == "dicom-seg" else plan.fmt)
+    if plan.preview:
+        fig = preview_figure(scan, pred.labels, seg.labels, title=plan.case.name)
+        writers[plan.preview] = lambda tmp, fig=fig: fig.savefig(tmp, dpi=90, format="png")
+    if plan.report:
+        info = case_report(scan, pred.labels, seg.labels, runtime_s=pred.runtime_s, device=str(seg.device),
+                           model={"name": seg.config.model.name, "checkpoints": seg.sources},
+                           outputs=[str(p) for p in plan.paths()], tta=tta, passes=pred.passes)
+        writers[plan.report] = report_writer(info)
+    atomic_write_all(writers)
+    log(f"{plan.case.name}: wrote {plan.labels} ({pred.runtime_s:.1f}s on {seg.device}"
+        f"{f', {pred.passes} passes' if pred.passes > 1 else ''})")

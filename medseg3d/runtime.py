@@ -1,0 +1,48 @@
+"""Where the work runs: the torch device and the number of intra-op threads."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import MedsegError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA, then Apple MPS, then CPU) or an explicit torch device name; asking for a device that this
+    machine does not have is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise MedsegError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedsegError(f"device '{name}' was asked for but CUDA is not available on this machine; "
+                          "use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MedsegError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MedsegError(f"device '{name}' was asked for but Apple MPS is not available on this machine")
+    return dev
+
+
+def free_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(n: int | None) -> int:
+    """Set torch's intra-op threads (never more than the free cores); ``None`` keeps the current setting.
+    Returns the number in use."""
+    if n is not None:
+        torch.set_num_threads(max(1, min(int(n), free_cores())))
+    return torch.get_num_threads()
