@@ -9,7 +9,7 @@ qform and sform disagree and stray files in an nnU-Net folder are reported as wa
 
 Geometry comes from the headers only (nibabel loads lazily; SimpleITK's ``ReadImageInformation``). Voxels
 are read only where needed: every label (its values), and images stored as floating point (integer voxels
-cannot be NaN).
+cannot be NaN); with a cache folder, what they showed is remembered while the file is unchanged.
 
 The sentences are shared with :class:`medseg3d.data.transforms.LoadCased`, so a problem found here and the
 same problem met while loading a case read alike.
@@ -31,10 +31,12 @@ from ..errors import MedsegError
 from ..io.nifti import NIFTI_SUFFIXES
 from ..io.scan import first_line, image_suffix
 from .datasets import DatasetInfo, inside_root, load_dataset, load_source, nnunet_file_ending
+from .digest import FileMemo
 
 AFFINE_ATOL = 1e-3  # mm (translation) and mm per voxel (the 3x3 part): the tolerance LoadCased applies
 SPACING_OUTLIER = 3.0  # a case's spacing along an axis this many times finer or coarser than the median
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+FACTS_MEMO = "check_facts.json"
 _LPS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -194,12 +196,16 @@ def _spacing_ras(affine: np.ndarray) -> np.ndarray:
 
 def check_dataset(info: DatasetInfo, labels: Mapping[str, int] | None = None,
                   regions: Mapping[str, Sequence[int]] | None = None,
-                  channels_expected: int | None = None, test_cases: bool = True) -> list[Problem]:
+                  channels_expected: int | None = None, test_cases: bool = True,
+                  cache_dir: str | Path | None = None) -> list[Problem]:
     """Every problem of a dataset's cases (training, and with ``test_cases`` the test images), errors first.
 
     ``labels`` (name -> value) defaults to the dataset's; ``channels_expected`` to its number of channel
     names. Read the dataset with ``load_dataset(..., strict=False)`` to have missing files, duplicate ids and
-    files outside the folder reported here rather than raised on the first one."""
+    files outside the folder reported here rather than raised on the first one. With ``cache_dir``, what was
+    learnt from voxels (a label's values, an image's count of NaN) is remembered in
+    ``cache_dir/check_facts.json`` while the file is unchanged (:class:`medseg3d.data.digest.FileMemo`), so a
+    check before every training reads headers only."""
     labels = dict(info.labels if labels is None else labels)
     allowed = set(int(v) for v in labels.values())
     n_channels = len(info.channels) if channels_expected is None else int(channels_expected)
@@ -216,17 +222,18 @@ def check_dataset(info: DatasetInfo, labels: Mapping[str, int] | None = None,
                                     f"{sorted(allowed)} do not have; fix data.regions or data.labels")
 
     geometry: dict[str, Header] = {}  # case id -> first image's header (for the outlier warnings)
-    for section, cases in (("training", info.training), ("test", info.test if test_cases else [])):
-        counts = Counter(c["id"] for c in cases)
-        for cid, n in counts.items():
-            if n > 1:
-                files = ", ".join(c["image"][0] for c in cases if c["id"] == cid)
-                add("error", cid, root, f"case id '{cid}' is used by {n} {section} cases ({files}); case ids come "
-                                        f"from the file names and must be unique, so rename or remove one")
-        for case in cases:
-            header = _check_case(case, n_channels, allowed, root, add, section)
-            if header is not None and section == "training":
-                geometry.setdefault(case["id"], header)
+    with FileMemo(cache_dir, FACTS_MEMO) if cache_dir is not None else _NoMemo() as memo:
+        for section, cases in (("training", info.training), ("test", info.test if test_cases else [])):
+            counts = Counter(c["id"] for c in cases)
+            for cid, n in counts.items():
+                if n > 1:
+                    files = ", ".join(_rel(c["image"][0], root) for c in cases if c["id"] == cid)
+                    add("error", cid, root, f"case id '{cid}' is used by {n} {section} cases ({files}); case ids "
+                                            f"come from the file names and must be unique, so rename or remove one")
+            for case in cases:
+                header = _check_case(case, n_channels, allowed, root, add, section, memo)
+                if header is not None and section == "training":
+                    geometry.setdefault(case["id"], header)
 
     _outliers(geometry, {c["id"]: c["image"][0] for c in info.training}, add)
     if info.layout == "nnunet":
@@ -235,7 +242,37 @@ def check_dataset(info: DatasetInfo, labels: Mapping[str, int] | None = None,
     return sorted(problems, key=lambda p: order.get(p.severity, 2))  # stable: case order kept within each
 
 
-def _check_case(case: dict, n_channels: int, allowed: set[int], root: Path, add, section: str) -> Header | None:
+class _NoMemo:
+    def get(self, path, compute, tag=""):
+        return compute(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def _rel(f: str, root: str | Path) -> str:
+    return os.path.relpath(f, root) if inside_root(root, f) else str(f)
+
+
+def _nonfinite(path: str) -> int:
+    return int(np.count_nonzero(~np.isfinite(np.asarray(read_voxels(path), dtype=np.float64))))
+
+
+def _label_values(path: str) -> list[int] | None:
+    """The sorted values of a label map, or None when it holds fractional (or NaN) values."""
+    data = read_voxels(path)
+    if np.issubdtype(data.dtype, np.floating):
+        data = np.asarray(data, dtype=np.float64)
+        if not np.array_equal(data, np.round(data)):  # also catches NaN
+            return None
+    return [int(v) for v in np.unique(data)]
+
+
+def _check_case(case: dict, n_channels: int, allowed: set[int], root: Path, add, section: str,
+                memo) -> Header | None:
     cid = case["id"]
     files = list(case["image"]) + ([case["label"]] if case.get("label") else [])
     ok = True
@@ -278,7 +315,7 @@ def _check_case(case: dict, n_channels: int, allowed: set[int], root: Path, add,
             add("error", cid, f, msg)
     for f, h in zip(case["image"], image_headers):
         if h.floating:
-            bad = int(np.count_nonzero(~np.isfinite(np.asarray(read_voxels(f), dtype=np.float64))))
+            bad = memo.get(f, _nonfinite, "nonfinite")
             if bad:
                 add("error", cid, f, f"{NOT_FINITE} ({bad} voxel(s)); replace them (e.g. by 0) before training")
 
@@ -290,13 +327,11 @@ def _check_case(case: dict, n_channels: int, allowed: set[int], root: Path, add,
         msg = label_geometry_message(h.shape, h.affine, first.shape, first.affine, case["image"][0])
         if msg:
             add("error", cid, f, msg)
-        data = read_voxels(f)
-        if np.issubdtype(data.dtype, np.floating) or h.floating:
-            data = np.asarray(data, dtype=np.float64)
-            if not np.array_equal(data, np.round(data)):  # also catches NaN
-                add("error", cid, f, LABEL_NOT_INTEGER)
-                return first
-        values = set(int(v) for v in np.unique(data))
+        found = memo.get(f, _label_values, "label_values")
+        if found is None:
+            add("error", cid, f, LABEL_NOT_INTEGER)
+            return first
+        values = set(found)
         extra = values - allowed
         if extra:
             add("error", cid, f, label_values_message(sorted(extra), sorted(allowed)))
@@ -356,13 +391,14 @@ def _nnunet_strays(info: DatasetInfo, n_channels: int, add) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ entry points
-def check_folder(root: str | Path, layout: str = "auto", dataset_json: str = "dataset.json") -> tuple[list[Problem], int]:
+def check_folder(root: str | Path, layout: str = "auto", dataset_json: str = "dataset.json",
+                 cache_dir: str | Path | None = None) -> tuple[list[Problem], int]:
     """Check a dataset folder with its own channel and label names: (problems, number of cases checked)."""
     info = load_dataset(root, layout, dataset_json, strict=False)
-    return check_dataset(info), len(info.training) + len(info.test)
+    return check_dataset(info, cache_dir=cache_dir), len(info.training) + len(info.test)
 
 
-def check_config(cfg) -> tuple[list[Problem], int]:
+def check_config(cfg, test_cases: bool = True, cache_dir: str | Path | None = None) -> tuple[list[Problem], int]:
     """Check every data source of a config (:class:`medseg3d.config.Config`) with the config's labels,
     regions and channels: (problems, number of cases checked). Case ids of a multi-domain config are
     prefixed with the domain's name."""
@@ -370,10 +406,10 @@ def check_config(cfg) -> tuple[list[Problem], int]:
     n = 0
     for name, src in cfg.data.sources().items():
         info = load_source(src, strict=False)
-        found = check_dataset(info, src.labels, src.regions, len(info.channels))
+        found = check_dataset(info, src.labels, src.regions, len(info.channels), test_cases, cache_dir)
         problems += [Problem(p.severity, f"{name}/{p.case}" if name and p.case else p.case or name, p.file,
                              p.message) for p in found]
-        n += len(info.training) + len(info.test)
+        n += len(info.training) + (len(info.test) if test_cases else 0)
     order = {"error": 0, "warning": 1}
     return sorted(problems, key=lambda p: order.get(p.severity, 2)), n
 
@@ -381,12 +417,7 @@ def check_config(cfg) -> tuple[list[Problem], int]:
 def format_problems(problems: Sequence[Problem], n_cases: int | None = None, root: str | Path | None = None) -> str:
     """A table, one line per problem (severity, case, file relative to ``root``, message), and a summary line."""
     def rel(f: str) -> str:
-        if root and f:
-            try:
-                return os.path.relpath(f, root) if inside_root(root, f) else f
-            except ValueError:
-                return f
-        return f
+        return _rel(f, root) if root and f else f
 
     rows = [(p.severity, p.case or "-", rel(p.file) or "-", p.message) for p in problems]
     lines = []

@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 MEMO_NAME = "file_digests.json"
 RACY_NS = 1_000_000_000  # files changed less than this before being hashed are hashed again next time
@@ -43,17 +43,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-class DigestMemo:
-    """File digests remembered across runs in ``cache_dir/file_digests.json``.
+class FileMemo:
+    """Facts computed from files (anything JSON can hold), remembered across runs in ``cache_dir/name``, each
+    valid while its file's size, modification and change times and inode are those it was computed from.
 
-    Use as a context manager (or call :meth:`save`) so new digests are written back once, atomically; a memo
-    that cannot be read or written is simply not used (digests are then computed every time). ``hashed``
-    counts the files actually read, for callers and tests that want to know."""
+    Use as a context manager (or call :meth:`save`) so new entries are written back once, atomically, merged
+    with what other processes wrote meanwhile; a memo that cannot be read or written is simply not used (the
+    facts are then computed every time). ``computed`` counts the files actually read."""
 
-    def __init__(self, cache_dir: str | Path | None = None):
-        self.path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / MEMO_NAME
+    def __init__(self, cache_dir: str | Path | None = None, name: str = MEMO_NAME):
+        self.path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / name
         self.entries: dict[str, list] = {}
-        self.hashed = 0
+        self.computed = 0
         self._dirty = False
         try:
             loaded = json.loads(self.path.read_text())
@@ -63,31 +64,28 @@ class DigestMemo:
             pass
 
     @staticmethod
-    def _stamp(st: os.stat_result) -> list[int]:
+    def stamp(path: str | Path) -> list[int]:
+        st = os.stat(path)
         return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
-    def file_digest(self, path: str | Path) -> str:
-        """SHA-256 of ``path``'s content; read again only when its size, times or inode changed."""
-        key = os.path.abspath(path)
-        stamp = self._stamp(os.stat(key))
+    def get(self, path: str | Path, compute: Callable[[str], Any], tag: str = "") -> Any:
+        """``compute(path)``, or its remembered value when the file is unchanged since (``tag`` keeps apart
+        different facts about one file)."""
+        path = os.path.abspath(path)
+        key = f"{tag}:{path}" if tag else path
+        stamp = self.stamp(path)
         entry = self.entries.get(key)
         if isinstance(entry, list) and len(entry) == 2 and entry[0] == stamp:
             return entry[1]
-        digest = sha256_file(key)
-        self.hashed += 1
+        value = compute(path)
+        self.computed += 1
         # Remembered only if the file did not change while it was read, and its last change is older than
-        # RACY_NS: a write within the same clock tick as the hash could leave every time stamp unchanged.
+        # RACY_NS: a write within the same clock tick as the read could leave every time stamp unchanged.
         recent = time.time_ns() - max(stamp[1], stamp[2]) < RACY_NS
-        if not recent and self._stamp(os.stat(key)) == stamp:
-            self.entries[key] = [stamp, digest]
+        if not recent and self.stamp(path) == stamp:
+            self.entries[key] = [stamp, value]
             self._dirty = True
-        return digest
-
-    def case_digest(self, case: dict) -> str:
-        """One digest of a case's image files (in channel order) and label file."""
-        parts = {"image": [self.file_digest(f) for f in case["image"]],
-                 "label": self.file_digest(case["label"]) if case.get("label") else None}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        return value
 
     def save(self) -> None:
         """Write the memo (merged with what other processes wrote meanwhile) through a temporary file."""
@@ -112,11 +110,33 @@ class DigestMemo:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
 
-    def __enter__(self) -> "DigestMemo":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.save()
+
+
+class DigestMemo(FileMemo):
+    """File digests remembered in ``cache_dir/file_digests.json`` (:class:`FileMemo`); ``hashed`` counts the
+    files actually read."""
+
+    def __init__(self, cache_dir: str | Path | None = None):
+        super().__init__(cache_dir, MEMO_NAME)
+
+    @property
+    def hashed(self) -> int:
+        return self.computed
+
+    def file_digest(self, path: str | Path) -> str:
+        """SHA-256 of ``path``'s content; read again only when its size, times or inode changed."""
+        return self.get(path, sha256_file)
+
+    def case_digest(self, case: dict) -> str:
+        """One digest of a case's image files (in channel order) and label file."""
+        parts = {"image": [self.file_digest(f) for f in case["image"]],
+                 "label": self.file_digest(case["label"]) if case.get("label") else None}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:

@@ -91,6 +91,28 @@ def test_only_labels_and_float_images_are_read(nnunet, monkeypatch):
     assert sorted(read) == sorted(["BRATS_002_0001.nii.gz"] + [f"BRATS_00{i}.nii.gz" for i in range(1, 5)])
 
 
+def test_with_a_cache_folder_unchanged_files_are_not_read_again(nnunet, tmp_path, monkeypatch):
+    """Before every training: the second check reads headers only; a label edited since is read again."""
+    import time
+
+    from medseg3d.data import digest
+
+    time.sleep(digest.RACY_NS / 1e9 + 0.05)  # (files changed within the last second are always read)
+    read = []
+    real = check_mod.read_voxels
+    monkeypatch.setattr(check_mod, "read_voxels", lambda p: read.append(Path(p).name) or real(p))
+    cache = tmp_path / "cache"
+    assert problems_of(nnunet, cache_dir=cache) == [] and len(read) == 4
+    read.clear()
+    assert problems_of(nnunet, cache_dir=cache) == [] and read == []
+    lab = nnunet / "labelsTr" / "BRATS_002.nii.gz"
+    data = np.asarray(nib.load(lab).dataobj).copy()
+    data[data == 4] = 3
+    resave(lab, data)
+    p = only(problems_of(nnunet, cache_dir=cache))
+    assert read == ["BRATS_002.nii.gz"] and p.message.startswith("label value(s) [3]")
+
+
 # ------------------------------------------------------------------------------------------ geometry
 def test_label_shifted_14_mm_is_an_error_saying_by_how_much(nnunet):
     lab = nnunet / "labelsTr" / "BRATS_002.nii.gz"
