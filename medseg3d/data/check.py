@@ -313,32 +313,50 @@ def _check_case(case: dict, n_channels: int, allowed: set[int], root: Path, add,
         msg = channel_geometry_message(h.shape, h.affine, first.shape, first.affine, case["image"][0])
         if msg:
             add("error", cid, f, msg)
-    for f, h in zip(case["image"], image_headers):
-        if h.floating:
-            bad = memo.get(f, _nonfinite, "nonfinite")
+
+    def voxel_fact(f: str, compute, tag: str):
+        try:
+            return memo.get(f, compute, tag)
+        except Exception as e:  # a truncated or corrupt file whose header reads fine
+            add("error", cid, f, f"cannot read the voxel data ({first_line(e)}); the file is damaged, so write "
+                                 f"it again")
+            raise _Unreadable from None
+
+    try:
+        for f, h in zip(case["image"], image_headers):
+            bad = voxel_fact(f, _nonfinite, "nonfinite") if h.floating else 0
             if bad:
                 add("error", cid, f, f"{NOT_FINITE} ({bad} voxel(s)); replace them (e.g. by 0) before training")
-
-    if case.get("label"):
-        f, h = case["label"], headers[-1]
-        if h.channels != 1:
-            add("error", cid, f, label_channels_message(h.channels, h.shape))
-            return first
-        msg = label_geometry_message(h.shape, h.affine, first.shape, first.affine, case["image"][0])
-        if msg:
-            add("error", cid, f, msg)
-        found = memo.get(f, _label_values, "label_values")
-        if found is None:
-            add("error", cid, f, LABEL_NOT_INTEGER)
-            return first
-        values = set(found)
-        extra = values - allowed
-        if extra:
-            add("error", cid, f, label_values_message(sorted(extra), sorted(allowed)))
-        if values <= {0}:
-            add("warning", cid, f, "label is empty (background only); the case teaches only background, so "
-                                   "check that this is the right file")
+        if case.get("label"):
+            _check_label(case, headers[-1], first, allowed, add, voxel_fact)
+    except _Unreadable:
+        pass
     return first
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _check_label(case: dict, h: Header, first: Header, allowed: set[int], add, voxel_fact) -> None:
+    cid, f = case["id"], case["label"]
+    if h.channels != 1:
+        add("error", cid, f, label_channels_message(h.channels, h.shape))
+        return
+    msg = label_geometry_message(h.shape, h.affine, first.shape, first.affine, case["image"][0])
+    if msg:
+        add("error", cid, f, msg)
+    found = voxel_fact(f, _label_values, "label_values")
+    if found is None:
+        add("error", cid, f, LABEL_NOT_INTEGER)
+        return
+    values = set(found)
+    extra = values - allowed
+    if extra:
+        add("error", cid, f, label_values_message(sorted(extra), sorted(allowed)))
+    if values <= {0}:
+        add("warning", cid, f, "label is empty (background only); the case teaches only background, so check "
+                               "that this is the right file")
 
 
 def _outliers(headers: dict[str, Header], files: dict[str, str], add) -> None:

@@ -287,6 +287,18 @@ def test_unreadable_file_is_an_error(nnunet):
     assert p.message.startswith("not a readable NIfTI image")
 
 
+def test_damaged_voxel_data_is_an_error_and_the_check_goes_on(nnunet):
+    import gzip
+
+    lab = nnunet / "labelsTr" / "BRATS_001.nii.gz"
+    raw = gzip.decompress(lab.read_bytes())
+    lab.write_bytes(gzip.compress(raw[: len(raw) // 2]))  # the header reads, the voxels are cut short
+    p = only(problems_of(nnunet))
+    assert (p.severity, p.case, p.file) == ("error", "BRATS_001", str(lab))
+    assert p.message.startswith("cannot read the voxel data (") and p.message.endswith(
+        "; the file is damaged, so write it again")
+
+
 def test_headers_of_mha_and_nrrd(nnunet, tmp_path):
     import SimpleITK as sitk
 
