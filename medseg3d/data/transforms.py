@@ -18,9 +18,9 @@ from monai.data import MetaTensor
 
 from ..config import Config
 from ..errors import MedsegError
-from ..io.nifti import read_label
-from ..io.readers import read_scan
+from ..io.readers import read_image, read_scan
 from ..io.scan import Scan
+from .check import LABEL_NOT_INTEGER, label_channels_message, label_geometry_message, label_values_message
 
 
 def nonzero(x):
@@ -36,9 +36,11 @@ def scan_to_metatensor(scan: Scan) -> MetaTensor:
 
 
 class LoadCased(mt.MapTransform):
-    """Read ``image`` (list of per-channel files or one 4D file) and ``label`` with medseg3d's reader, so
-    training and inference read scans the same way. With ``label_values``, a label holding any other value
-    is an error naming the file (e.g. BraTS 2023's 3 under the 2018 convention)."""
+    """Read ``image`` (list of per-channel files or one 4D file) and ``label`` (NIfTI, NRRD or MHA) with
+    medseg3d's reader, so training and inference read scans the same way. The label must be a 3D integer map
+    on the image's grid; with ``label_values``, a label holding any other value is an error naming the file
+    (e.g. BraTS 2023's 3 under the 2018 convention). The errors read as those of ``medseg3d check``
+    (:mod:`medseg3d.data.check`)."""
 
     def __init__(self, keys: Sequence[Hashable] = ("image", "label"), channels: int | None = None,
                  allow_missing_keys: bool = True, label_values: Sequence[int] | None = None):
@@ -51,15 +53,27 @@ class LoadCased(mt.MapTransform):
         scan = read_scan(d["image"], channels=self.channels)
         d["image"] = scan_to_metatensor(scan)
         if "label" in self.keys and d.get("label"):
-            lab = read_label(d["label"], like=scan)
-            if self.label_values is not None:
-                extra = sorted(set(np.unique(lab).tolist()) - self.label_values)
-                if extra:
-                    raise MedsegError(f"{d['label']}: label value(s) {extra} are not among the config's labels "
-                                      f"{sorted(self.label_values)} (set data.labels, or data.brats_labels for "
-                                      f"BraTS: 2018 is 1/2/4, 2023 is 1/2/3)")
+            lab = self.read_label(d["label"], scan)
             d["label"] = MetaTensor(torch.from_numpy(lab[None].astype(np.float32)), meta=dict(d["image"].meta))
         return d
+
+    def read_label(self, path, scan: Scan) -> np.ndarray:
+        """The label map (X, Y, Z) int32 of ``path``, checked against the scan and ``label_values``."""
+        lab = read_image(path)
+        if lab.data.shape[0] != 1:
+            raise MedsegError(f"{path}: {label_channels_message(lab.data.shape[0], lab.shape)}")
+        msg = label_geometry_message(lab.shape, lab.affine, scan.shape, scan.affine, scan.sources[0])
+        if msg:
+            raise MedsegError(f"{path}: {msg}")
+        data = lab.data[0]
+        if not np.array_equal(data, np.round(data)):
+            raise MedsegError(f"{path}: {LABEL_NOT_INTEGER}")
+        data = data.astype(np.int32)
+        if self.label_values is not None:
+            extra = sorted(set(np.unique(data).tolist()) - self.label_values)
+            if extra:
+                raise MedsegError(f"{path}: {label_values_message(extra, sorted(self.label_values))}")
+        return data
 
 
 def preprocess_transforms(cfg: Config, label_values: Sequence[int] | None = None,

@@ -1,7 +1,9 @@
-"""Both dataset layouts (MSD and nnU-Net v2 raw) become the same case list, and the cached preprocessing
+"""The dataset layouts (MSD, nnU-Net v2 raw, BraTS folders) become case lists, and the cached preprocessing
 yields what training expects (RAS, target spacing, cropped, z-scored, labels mapped to class indices)."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from monai import transforms as mt
 
 from medseg3d.config import load_config
 from medseg3d.data.datasets import load_dataset, make_splits
-from medseg3d.data.synthetic import write_msd_dataset, write_nnunet_dataset
+from medseg3d.data.synthetic import write_brats_folders, write_msd_dataset, write_nnunet_dataset
 from medseg3d.data.transforms import LoadCased, preprocess_transforms
 from medseg3d.errors import MedsegError
 
@@ -85,13 +87,103 @@ def test_bad_datasets_name_the_file(tmp_path, msd):
     with pytest.raises(MedsegError, match=r"dataset.json: not valid JSON"):
         load_dataset(tmp_path)
     meta = json.loads((msd / "dataset.json").read_text())
-    meta["training"] = [{k: str(msd / v) for k, v in e.items()} for e in meta["training"]]
     meta["training"].append({"image": "./imagesTr/ghost.nii.gz", "label": "./labelsTr/ghost.nii.gz"})
     bad = tmp_path / "bad"
-    bad.mkdir()
+    shutil.copytree(msd, bad)
     (bad / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(MedsegError, match="ghost.nii.gz: listed in .* but not found"):
         load_dataset(bad)
+    assert [c["id"] for c in load_dataset(bad, strict=False).training][-1] == "ghost"  # left to the check
+
+
+def _msd_with(tmp_path, msd, edit) -> Path:
+    root = tmp_path / "edited"
+    shutil.copytree(msd, root)
+    meta = json.loads((root / "dataset.json").read_text())
+    edit(meta, root)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize("where, path", [("label", "../../etc/passwd"), ("image", "/etc/passwd"),
+                                         ("image", "./imagesTr/../../outside.nii.gz")])
+def test_msd_entry_outside_the_root_is_an_error_naming_it(tmp_path, msd, where, path):
+    def edit(meta, root):
+        meta["training"][1][where] = path
+    root = _msd_with(tmp_path, msd, edit)
+    with pytest.raises(MedsegError) as e:
+        load_dataset(root)
+    assert str(e.value) == (f"{root / 'dataset.json'}: training entry 1 {where} '{path}' lies outside the dataset "
+                            f"folder {root}; list files inside it (e.g. ./imagesTr/CASE.nii.gz)")
+
+
+def test_msd_absolute_paths_inside_the_root_and_linked_folders_are_fine(tmp_path, msd):
+    def absolute(meta, root):
+        meta["training"] = [{k: str(root / v) for k, v in e.items()} for e in meta["training"]]
+    root = _msd_with(tmp_path, msd, absolute)
+    assert [c["id"] for c in load_dataset(root).training] == ["BRATS_001", "BRATS_002", "BRATS_003"]
+    # a sub-folder that is a link to another disk stays inside the dataset as far as its entries go
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    shutil.copy(msd / "dataset.json", linked)
+    shutil.copytree(msd / "labelsTr", linked / "labelsTr")
+    (linked / "imagesTr").symlink_to(msd / "imagesTr", target_is_directory=True)
+    info = load_dataset(linked)
+    assert info.training[0]["image"] == [str(linked / "imagesTr" / "BRATS_001.nii.gz")]
+    # the dataset folder given through a link, its entries written with the real path
+    alias = tmp_path / "alias"
+    alias.symlink_to(root, target_is_directory=True)
+    assert len(load_dataset(alias).training) == 3
+
+
+def test_msd_duplicate_case_ids_are_one_error(tmp_path, msd):
+    def dup(meta, root):
+        (root / "more").mkdir()
+        shutil.copy(root / "imagesTr" / "BRATS_002.nii.gz", root / "more" / "BRATS_002.nii.gz")
+        meta["training"].append({"image": "./more/BRATS_002.nii.gz", "label": "./labelsTr/BRATS_002.nii.gz"})
+    root = _msd_with(tmp_path, msd, dup)
+    with pytest.raises(MedsegError) as e:
+        load_dataset(root)
+    assert str(e.value) == (f"{root / 'dataset.json'}: training entries 1 and 3 are both case 'BRATS_002' "
+                            f"({root / 'imagesTr' / 'BRATS_002.nii.gz'} and {root / 'more' / 'BRATS_002.nii.gz'}); "
+                            f"case ids come from the image file names and must be unique, so rename or remove one")
+    with pytest.raises(MedsegError, match=r"case id\(s\) \['BRATS_002'\] appear more than once"):
+        make_splits([c["id"] for c in load_dataset(root, strict=False).training], 2, seed=0)
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nrrd", "nrrd"])
+def test_nnunet_layout_with_mha_or_nrrd_files(tmp_path, nnunet, ending):
+    """nnU-Net datasets converted to MHA/NRRD (file_ending) list every case with its label, and load."""
+    import SimpleITK as sitk
+
+    root = tmp_path / "conv"
+    suffix = ending if ending.startswith(".") else "." + ending
+    for f in sorted(nnunet.rglob("*.nii.gz")):
+        out = root / f.relative_to(nnunet).parent / (f.name[: -len(".nii.gz")] + suffix)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.ReadImage(str(f)), str(out))
+    meta = json.loads((nnunet / "dataset.json").read_text())
+    meta["file_ending"] = ending
+    (root / "dataset.json").write_text(json.dumps(meta))
+    info = load_dataset(root)
+    assert [c["id"] for c in info.training] == ["BRATS_001", "BRATS_002", "BRATS_003"]
+    assert [c["id"] for c in info.test] == ["BRATS_004"]
+    assert info.training[1]["label"] == str(root / "labelsTr" / f"BRATS_002{suffix}")
+    assert info.training[1]["image"][3] == str(root / "imagesTr" / f"BRATS_002_0003{suffix}")
+    ref = LoadCased(channels=4, label_values=[0, 1, 2, 4])(load_dataset(nnunet).training[1])
+    out = LoadCased(channels=4, label_values=[0, 1, 2, 4])(info.training[1])
+    np.testing.assert_array_equal(out["label"].numpy(), ref["label"].numpy())
+    np.testing.assert_allclose(out["image"].numpy(), ref["image"].numpy())
+    np.testing.assert_allclose(out["image"].affine.numpy(), ref["image"].affine.numpy(), atol=1e-4)
+
+
+def test_brats_folders_layout(tmp_path):
+    write_brats_folders(tmp_path, num_cases=2, shape=(16, 16, 12))
+    (tmp_path / "BraTS_002" / "BraTS_002_seg.nii.gz").unlink()
+    info = load_dataset(tmp_path)
+    assert info.layout == "brats" and info.channels == ["T1", "T1ce", "T2", "FLAIR"]
+    assert [c["id"] for c in info.training] == ["BraTS_001"] and [c["id"] for c in info.test] == ["BraTS_002"]
+    assert info.training[0]["label"].endswith("BraTS_001_seg.nii.gz")
 
 
 def test_nnunet_missing_channel_is_named(tmp_path):
@@ -99,12 +191,3 @@ def test_nnunet_missing_channel_is_named(tmp_path):
     (tmp_path / "imagesTr" / "BRATS_002_0003.nii.gz").unlink()
     with pytest.raises(MedsegError, match="BRATS_002_0003.nii.gz: missing channel file"):
         load_dataset(tmp_path)
-
-
-def test_splits_are_seeded_disjoint_and_cover():
-    ids = [f"c{i}" for i in range(11)]
-    s1, s2 = make_splits(ids, 5, seed=0), make_splits(ids, 5, seed=0)
-    assert s1 == s2 and s1 != make_splits(ids, 5, seed=1)
-    assert sorted(i for s in s1 for i in s["val"]) == sorted(ids)
-    for s in s1:
-        assert not set(s["train"]) & set(s["val"]) and set(s["train"]) | set(s["val"]) == set(ids)
