@@ -107,8 +107,11 @@ def nifti_raw(img: nib.Nifti1Image, source: PathLike | str, allow_2d: bool = Fal
 
 
 def read_voxels(img, source: PathLike | str, read):
+    """``read()`` the voxels; a failure is a MedsegError naming ``source``. Values beyond float32 become
+    infinite without a warning: the finite check that follows names them."""
     try:
-        return read()
+        with np.errstate(over="ignore", invalid="ignore"):
+            return read()
     except MemoryError:
         raise MedsegError(f"{source}: not enough memory to read the voxel data; free memory or crop the image") from None
     except Exception as e:  # EOFError, zlib.error, OSError ("Expected N bytes"), ValueError ...

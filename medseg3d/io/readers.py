@@ -44,12 +44,12 @@ def itk_reason(e: BaseException) -> str:
             if line:
                 nrrd.append(line)
             continue
-        line = re.sub(r"^(sitk::ERROR:|ITK ERROR:)\s*", "", line)
+        line = re.sub(r"^(sitk::ERROR:|itk::ERROR:|ITK ERROR:)\s*", "", line)
         line = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line)
         line = line.replace("Reason: No such file or directory", "").strip()  # a stale errno, not the cause
         if line:
             lines.append(line)
-    text = " ".join(lines[:1] + nrrd[-1:] if nrrd else lines) or type(e).__name__
+    text = nrrd[-1] if nrrd else " ".join(lines) or type(e).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -67,7 +67,38 @@ class Opened:
     dicom: list = field(default_factory=list)
 
 
+_METAIO_GEOMETRY = ("Offset", "Origin", "Position", "ElementSpacing", "ElementSize", "TransformMatrix",
+                    "Rotation", "Orientation")
+
+
+def _check_metaio_geometry(p: Path) -> None:
+    """MetaIO (.mha/.mhd) reads a geometry value it cannot parse ('nan', 'inf', a word) as 0, silently: refuse
+    a header whose geometry fields are not finite numbers."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(65536).decode("latin-1")
+    except OSError:
+        return
+    for line in head.splitlines():
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep:
+            continue
+        if key == "ElementDataFile":
+            break
+        if key in _METAIO_GEOMETRY:
+            try:
+                ok = all(np.isfinite(float(v)) for v in value.split())
+            except ValueError:
+                ok = False
+            if not ok:
+                raise MedsegError(f"{p}: its header's {key} is '{value.strip()}', not finite numbers; fix the "
+                                  "header's spacing, origin and direction")
+
+
 def _open_sitk_file(p: Path, suffix: str, allow_2d: bool) -> Opened:
+    if suffix in (".mha", ".mhd"):
+        _check_metaio_geometry(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
@@ -99,7 +130,8 @@ def _opened_sitk_image(img: sitk.Image, source: str, allow_2d: bool, dicom=()) -
 
 def _opened_nifti(img: nib.Nifti1Image, source: str, allow_2d: bool) -> Opened:
     spatial, channels = nifti_layout(img, source, allow_2d)
-    affine = check_affine(img.affine, source, "fix the header's pixdim and qform/sform")
+    affine = img.affine if img.affine is not None else img.header.get_best_affine()  # an in-memory image
+    affine = check_affine(affine, source, "fix the header's pixdim and qform/sform")
     return Opened(source, spatial, channels, affine,
                   lambda raw: ((nifti_raw(img, source, allow_2d) if raw else nifti_channels(img, source, allow_2d)),
                                img))
@@ -133,7 +165,10 @@ def load_opened(o: Opened) -> Scan:
     check_memory(o.source, o.spatial, o.channels)
     data, reference = o.load(False)
     check_finite(data, o.source)
-    return Scan(data, o.affine, reference, [o.source], list(o.dicom))
+    # SimpleITK's reader may normalise the header's geometry (a negative spacing becomes a flipped direction):
+    # the image it returns is the one writers copy, so the scan takes its affine
+    affine = check_affine(sitk_affine(reference), o.source) if isinstance(reference, sitk.Image) else o.affine
+    return Scan(data, affine, reference, [o.source], list(o.dicom))
 
 
 def read_image(path: PathLike, allow_2d: bool = False) -> Scan:
@@ -179,7 +214,8 @@ def read_scan(paths: PathLike | Sequence[PathLike], channels: int | None = None,
         if o is ref:
             ref_image = reference
         del part
-    return Scan(data, ref.affine, ref_image, [str(p) for p in plist], list(ref.dicom))
+    affine = check_affine(sitk_affine(ref_image), ref.source) if isinstance(ref_image, sitk.Image) else ref.affine
+    return Scan(data, affine, ref_image, [str(p) for p in plist], list(ref.dicom))
 
 
 def read_label(path: PathLike, like: Scan | None = None) -> np.ndarray:
@@ -248,7 +284,8 @@ def scan_from_image(image: Any, affine: np.ndarray | None = None, allow_2d: bool
         data = image[None] if image.ndim == 3 else image
         check_spatial(data.shape[1:], image.shape, src, allow_2d)
         aff = check_affine(affine, src, "pass an invertible 4x4 voxel -> RAS mm affine=")
-        data = np.ascontiguousarray(data, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: infinite, named just below
+            data = np.ascontiguousarray(data, dtype=np.float32)
         check_finite(data, src)
         return Scan(data, aff, None, [])
     raise MedsegError(f"cannot segment an object of type {type(image).__name__}; give a path, a nibabel or "

@@ -84,7 +84,8 @@ def sitk_channels(img: sitk.Image, source: str, allow_2d: bool = False) -> np.nd
     img3 = as_3d(img)
     arr = sitk.GetArrayViewFromImage(img3)  # (Z, Y, X) or (Z, Y, X, C), a view into img3's buffer
     arr = arr[..., None] if img.GetNumberOfComponentsPerPixel() == 1 else arr
-    return np.array(np.transpose(arr, (3, 2, 1, 0)), dtype=np.float32, order="C")  # a copy: img3 goes away
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: infinite, named by the finite check
+        return np.array(np.transpose(arr, (3, 2, 1, 0)), dtype=np.float32, order="C")  # a copy: img3 goes away
 
 
 def sitk_like(array: np.ndarray, scan: Scan) -> sitk.Image:
