@@ -67,7 +67,7 @@ def nifti_layout(img: nib.Nifti1Image, source: str, allow_2d: bool = False) -> t
     shape = tuple(int(s) for s in img.shape)
     dtype = img.get_data_dtype()
     if dtype.fields is not None:
-        raise MedsegError(f"{source}: holds RGB colour voxels ({dtype}); give a greyscale image")
+        raise MedsegError(f"{source}: holds RGB colour voxels; give a greyscale image")
     if dtype.kind == "c":
         raise MedsegError(f"{source}: holds complex voxel values ({dtype}); give a magnitude image")
     if len(shape) < 2:
