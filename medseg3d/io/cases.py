@@ -5,8 +5,9 @@ series folder.
   channel name, case-insensitive) files are grouped by CASE and put in the checkpoint's channel order; a file
   without such a suffix is a case of its own (a multichannel file, or the only channel).
 - A folder: a DICOM series (``.dcm`` files or files with the DICOM magic), an nnU-Net folder
-  (``CASE_0000.nii.gz`` ...), or BraTS per-case folders (``CASE/CASE_t1.nii.gz``, ``_t1ce``, ``_t2``,
-  ``_flair``; ``_seg`` files are ignored).
+  (``CASE_0000.nii.gz`` ...), BraTS per-case folders (``CASE/CASE_t1.nii.gz``, ``_t1ce``, ``_t2``,
+  ``_flair``; ``_seg`` files are ignored), or a plain folder of image files (MSD ``imagesTs/``: one case per
+  file, or per ``CASE_<channel>`` group of files, as when the files are given one by one).
 """
 
 from __future__ import annotations
@@ -82,10 +83,14 @@ def _group_files(files: list[Path], channels: Sequence[str]) -> list[Case]:
 
 
 def _folder_cases(folder: Path, channels: Sequence[str]) -> list[Case]:
+    entries = sorted(folder.iterdir())
+    if not any(not e.name.startswith(".") for e in entries):
+        raise MedsegError(f"{folder}: the folder is empty; give image files, a folder of them, a DICOM series "
+                          "folder, an nnU-Net folder or BraTS case folders")
     if is_dicom_dir(folder):
         return [Case(folder.name, [folder])]
-    entries = sorted(folder.iterdir())
-    tagged = [f for f in entries if _is_image(f) and re.search(r"_\d{4}$", case_name(f))]
+    images = [f for f in entries if _is_image(f)]
+    tagged = [f for f in images if re.search(r"_\d{4}$", case_name(f))]
     if tagged:  # nnU-Net
         return _group_files(tagged, channels)
     cases = []
@@ -100,9 +105,11 @@ def _folder_cases(folder: Path, channels: Sequence[str]) -> list[Case]:
                  and channel_tag(f, channels)]
         if files:
             cases.append(_ordered(sub.name, files, channels))
+    cases += _group_files(images, channels)  # a plain folder of image files (MSD imagesTs/): one case per file
     if not cases:
-        raise MedsegError(f"{folder}: not a DICOM series, an nnU-Net folder (CASE_0000.nii.gz ...) or BraTS case "
-                          f"folders (CASE/CASE_<channel>.nii.gz with channels {', '.join(channels)})")
+        raise MedsegError(f"{folder}: not a DICOM series, an nnU-Net folder (CASE_0000.nii.gz ...), a folder of "
+                          f"image files ({', '.join(FILE_SUFFIXES)}) or BraTS case folders "
+                          f"(CASE/CASE_<channel>.nii.gz with channels {', '.join(channels)}); give one of those")
     return cases
 
 
@@ -111,6 +118,8 @@ def collect_cases(inputs: Sequence[PathLike], channels: Sequence[str],
     """The cases named by the command line's inputs (files and folders), each with a distinct name.
     ``channels_per_case`` groups consecutive files instead of reading the grouping from the file names."""
     paths = [Path(p) for p in inputs]
+    if not paths:
+        raise MedsegError("no input given; give image files, folders of them or DICOM series folders")
     for p in paths:
         if not p.exists():
             raise MedsegError(f"{p}: file not found")

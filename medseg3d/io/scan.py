@@ -11,6 +11,8 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
+from ..errors import MedsegError
+
 PathLike = Union[str, os.PathLike]
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -59,9 +61,25 @@ def image_suffix(path: PathLike) -> str:
     return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), Path(name).suffix)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (/proc/self/status), else by
+    setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_all(writers: dict[Path, Callable[[str], Any]]) -> list[Path]:
     """Write several files so that either all of them appear or none: each ``writer(tmp_path)`` writes to a
-    temporary file (same folder, same suffix) and only when every one succeeded are they renamed into place."""
+    temporary file (same folder, same suffix) and only when every one succeeded are they renamed into place.
+    The files get the permissions of a file created normally (0666 less the umask: 0644 under umask 022), not
+    the temporary file's private 0600."""
     staged: list[tuple[str, Path]] = []
     try:
         for path, write in writers.items():
@@ -71,6 +89,9 @@ def atomic_write_all(writers: dict[Path, Callable[[str], Any]]) -> list[Path]:
             os.close(fd)
             staged.append((tmp, path))
             write(tmp)
+        mode = 0o666 & ~current_umask()
+        for tmp, _ in staged:
+            os.chmod(tmp, mode)  # after writing: a writer may have replaced the temporary file
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:
@@ -88,3 +109,55 @@ def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
 def first_line(e: BaseException) -> str:
     """The first non-empty line of an exception's message (library errors are often multi-line)."""
     return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
+# ---- checks every reader applies (geometry from the header, before the voxels; then the voxels) ---------------
+MAX_MM = 1e6  # 1 km: an affine entry (spacing or origin) beyond it is a corrupt header, not a scanner's geometry
+MAX_CONDITION = 1e6  # ratio of the largest to the smallest voxel axis length: beyond it the axes are degenerate
+
+
+def check_affine(affine: Any, source: str, fix: str = "fix the header's spacing, origin and direction") -> np.ndarray:
+    """The 4x4 voxel -> RAS mm affine as float64, or a MedsegError when it is not a usable geometry: not 4x4,
+    NaN/infinite, beyond ``MAX_MM``, not affine (last row), or singular (a zero spacing, collinear axes)."""
+    try:
+        a = np.array(affine, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise MedsegError(f"{source}: the affine is not a 4x4 matrix of numbers; {fix}") from None
+    if a.shape != (4, 4):
+        raise MedsegError(f"{source}: the affine must be 4x4, got shape {a.shape}; {fix}")
+    if not np.isfinite(a).all():
+        raise MedsegError(f"{source}: the affine (voxel -> world geometry) holds NaN or infinite values; {fix}")
+    if not np.allclose(a[3], [0, 0, 0, 1]):
+        raise MedsegError(f"{source}: the affine's last row is {a[3].tolist()}, not [0, 0, 0, 1]; {fix}")
+    big = float(np.abs(a[:3]).max())
+    if big > MAX_MM:
+        raise MedsegError(f"{source}: the affine holds {big:.3g} mm, beyond any scanner's field of view "
+                          f"({MAX_MM:.0e} mm); {fix}")
+    sv = np.linalg.svd(a[:3, :3], compute_uv=False)
+    if sv[-1] <= sv[0] / MAX_CONDITION or sv[-1] == 0:
+        spacing = ", ".join(f"{s:.3g}" for s in np.linalg.norm(a[:3, :3], axis=0))
+        raise MedsegError(f"{source}: the affine is singular (voxel axes of {spacing} mm: a zero spacing or "
+                          f"parallel axes), so voxels have no position in space; {fix}")
+    return a
+
+
+def check_spatial(spatial: tuple[int, ...], shape: tuple[int, ...], source: str, allow_2d: bool = False) -> None:
+    """``spatial`` (X, Y, Z) of an image of stored ``shape`` must be a volume: no empty axis, at most one axis of
+    one voxel and that only with ``allow_2d``."""
+    if any(int(s) < 1 for s in (*spatial, *shape)):
+        raise MedsegError(f"{source}: has an empty axis (shape {shape}), so it holds no voxels; export it again")
+    flat = sum(int(s) == 1 for s in spatial)
+    if flat >= 2:
+        raise MedsegError(f"{source}: is not a volume (shape {shape}: one voxel along {flat} axes); give a 3D volume")
+    if flat == 1 and not allow_2d:
+        raise MedsegError(f"{source}: is 2D (shape {shape}); the model is 3D; give a volume with several slices "
+                          "along every axis, or allow single-slice images (allow_2d=True)")
+
+
+def check_finite(data: np.ndarray, source: str) -> None:
+    """Every voxel value must be finite (NaN and infinities would poison normalisation and the network)."""
+    if np.isfinite(data.sum(dtype=np.float64)):  # one pass, no mask; float64 cannot overflow on float32 values
+        return
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    raise MedsegError(f"{source}: {bad} of {data.size} voxel values are NaN or infinite; replace them (e.g. with 0) "
+                      "and retry")
