@@ -56,8 +56,9 @@ def test_layout_and_dataset_json(built):
 def test_geometry_per_case(built):
     anatomy, root = built
     codes = []
-    for i, (img_path, lab_path) in enumerate([(root / "imagesTr/ANAT_001_0000.nii.gz", root / "labelsTr/ANAT_001.nii.gz"),
-                                              (root / "imagesTs/ANAT_002_0000.nii.gz", root / "labelsTs/ANAT_002.nii.gz")]):
+    pairs = [("imagesTr/ANAT_001_0000.nii.gz", "labelsTr/ANAT_001.nii.gz"),
+             ("imagesTs/ANAT_002_0000.nii.gz", "labelsTs/ANAT_002.nii.gz")]
+    for i, (img_path, lab_path) in enumerate((root / a, root / b) for a, b in pairs):
         geom = anatomy.GEOMETRIES[i]
         img, a = _load(img_path)
         lab, y = _load(lab_path)
