@@ -244,7 +244,7 @@ def table(rows: list[dict]) -> list[str]:
                 "|---:|---|---:|---:|---:|:---:|---:|" + "---:|" * len(names) + "---:|"]
         for r in group:
             budget, s = r["budget_s"], r["score"]
-            ok = "✓" if r["train_s"] <= OVERRUN * budget else "✗"
+            ok = "failed" if r.get("error") else "✓" if r["train_s"] <= OVERRUN * budget else "✗"
             dice = s["dice"] if s["dice"] else [math.nan] * len(names)
             out.append(f"| {budget:g} s | {r['method']} | {_f(r['iterations'], '{:.0f}')} | "
                        f"{_f(r['patches'], '{:.0f}')} | {r['train_s']:.1f} | {ok} | {_f(r['infer_s'], '{:.1f}')} | "
