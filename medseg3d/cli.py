@@ -3,6 +3,7 @@ stderr and a non-zero exit code (a traceback only with ``--debug``). Heavy impor
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,11 +60,19 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.pt"),
     budget: Optional[str] = typer.Option(None, "--budget", help="wall clock of the whole command, e.g. 90s, 10m, 2h"),
     device: str = typer.Option("auto", "--device", help="dataset folder only: plan for auto, cpu or cuda"),
+    nproc: int = typer.Option(1, "--nproc", help="train on N local processes (torchrun + DistributedDataParallel: "
+                                                 "N GPUs, or N CPU processes with gloo)"),
 ):
     """Train a network from a config, or plan a config for a dataset folder and train it; writes a run folder
     with checkpoints, logs, the resolved config (and the plan)."""
     if resume is not None and run_dir is not None:
         _fail("give either --resume RUN_DIR or --run-dir, not both")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from .engine.distributed import launch
+
+        argv = [a for i, a in enumerate(sys.argv[1:]) if not (a.startswith("--nproc") or (
+            i and sys.argv[i] == "--nproc"))]
+        raise typer.Exit(launch(nproc, argv))
     if config.is_dir():
         from .plan import plan_and_train
 
@@ -74,7 +83,8 @@ def train(
 
         overrides = list(set_ or []) + ([f"train.budget={budget}"] if budget else [])
         out = _run(_train, config, overrides, run_dir, resume, started_at=_STARTED)
-    typer.echo(f"done: {out}")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"done: {out}")
 
 
 @app.command()
@@ -107,6 +117,7 @@ def infer(
     relabel: Optional[str] = typer.Option(None, "--relabel", help="SOURCE:TARGET:ML, relabel a class smaller than ML "
                                                                 "(e.g. enhancing:necrotic:0.5), or 'none'"),
     domain: Optional[str] = typer.Option(None, "--domain", help="multi-domain model: which domain (default: first)"),
+    allow_2d: bool = typer.Option(False, "--allow-2d", help="accept single-slice images for a 3D model"),
 ):
     """Segment scans; each label map is written in its scan's exact geometry, with optional probabilities,
     uncertainty, preview and report. Postprocessing flags override the checkpoint's config. A case that fails is
@@ -116,6 +127,7 @@ def infer(
     result = _run(segment_files, inputs, model, output, fmt=fmt, tta=tta, save_probs=save_probs,
                   uncertainty=save_uncertainty, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
                   preview=preview, report=report, channels_per_case=channels_per_case, domain=domain,
+                  allow_2d=allow_2d or None,
                   postprocess={"min_component_ml": min_size_ml, "largest_component": largest_component,
                                "fill_holes": fill_holes, "relabel": relabel},
                   log=typer.echo)
@@ -206,6 +218,29 @@ def models(dims: Optional[int] = typer.Option(None, help="only nets that support
     from .models.summary import format_table, model_table
 
     typer.echo(format_table(model_table(dims)))
+
+
+@app.command()
+def check(
+    target: Path = typer.Argument(..., help="a dataset folder (MSD, nnU-Net v2 raw, BraTS folders) or a config"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="config override, e.g. --set data.root=..."),
+):
+    """Check a dataset before training (as nnU-Net's --verify_dataset_integrity): geometry of images, labels and
+    channels, label values, channel counts, NaN/Inf, duplicate ids, outliers. One line per problem; exit code 1
+    on errors (warnings allowed). `train` runs the same check first."""
+    from .data.check import check_config as check_data, check_folder, format_problems
+
+    if target.is_dir():
+        problems, n = _run(check_folder, target)
+        root = target
+    else:
+        from .config import load_config
+
+        cfg = _run(load_config, target, set_ or [])
+        problems, n = _run(check_data, cfg)
+        root = cfg.data.root
+    typer.echo(format_problems(problems, n, root))
+    raise typer.Exit(1 if any(p.severity == "error" for p in problems) else 0)
 
 
 @app.command("check-config")

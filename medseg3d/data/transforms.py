@@ -43,14 +43,16 @@ class LoadCased(mt.MapTransform):
     (:mod:`medseg3d.data.check`)."""
 
     def __init__(self, keys: Sequence[Hashable] = ("image", "label"), channels: int | None = None,
-                 allow_missing_keys: bool = True, label_values: Sequence[int] | None = None):
+                 allow_missing_keys: bool = True, label_values: Sequence[int] | None = None,
+                 allow_2d: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.channels = channels
+        self.allow_2d = allow_2d  # single-slice images (a 2D model's training data)
         self.label_values = None if label_values is None else {int(v) for v in label_values}
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        scan = read_scan(d["image"], channels=self.channels)
+        scan = read_scan(d["image"], channels=self.channels, allow_2d=self.allow_2d)
         d["image"] = scan_to_metatensor(scan)
         if "label" in self.keys and d.get("label"):
             lab = self.read_label(d["label"], scan)
@@ -59,7 +61,7 @@ class LoadCased(mt.MapTransform):
 
     def read_label(self, path, scan: Scan) -> np.ndarray:
         """The label map (X, Y, Z) int32 of ``path``, checked against the scan and ``label_values``."""
-        lab = read_image(path)
+        lab = read_image(path, allow_2d=True)  # a label follows its image
         if lab.data.shape[0] != 1:
             raise MedsegError(f"{path}: {label_channels_message(lab.data.shape[0], lab.shape)}")
         msg = label_geometry_message(lab.shape, lab.affine, scan.shape, scan.affine, scan.sources[0])

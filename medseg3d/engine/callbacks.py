@@ -165,11 +165,14 @@ class Checkpoints(Callback):
     """``last.pt`` at the end of every epoch (a cut epoch included, with its losses so far) and ``best.pt`` on the
     best mean validation Dice; both written atomically. ``save(path, finished)`` writes one."""
 
-    def __init__(self, run_dir: Path, save: Callable[[Path, bool], Any]):
-        self.run_dir, self.save = run_dir, save
+    def __init__(self, run_dir: Path, save: Callable[[Path, bool], Any], write: bool = True):
+        self.run_dir, self.save, self.write = run_dir, save, write  # (other ranks take part in save, write nothing)
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any], finished: bool) -> None:
         s = loop.state
+        if not self.write:
+            self.save(self.run_dir / "last.pt", finished)
+            return
         mean = (s.last_val or {}).get("val_dice_mean", float("nan"))
         improved = math.isfinite(mean) and mean > s.best_metric
         if improved:
@@ -180,7 +183,7 @@ class Checkpoints(Callback):
             (self.run_dir / ".best.pt.tmp").replace(self.run_dir / "best.pt")
 
     def on_fit_end(self, loop: Loop) -> None:
-        if not (self.run_dir / "best.pt").exists() and (self.run_dir / "last.pt").exists():
+        if self.write and not (self.run_dir / "best.pt").exists() and (self.run_dir / "last.pt").exists():
             shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
             (self.run_dir / ".best.pt.tmp").replace(self.run_dir / "best.pt")
 
@@ -280,7 +283,8 @@ def _duration(seconds: float) -> str:
 
 class Signals(Callback):
     """SIGINT (Ctrl-C) and SIGTERM end the loop after the current step, so the cut epoch is saved and can be
-    resumed; a second Ctrl-C stops at once."""
+    resumed; a second Ctrl-C stops at once. The previous handlers come back at the end of the loop
+    (:class:`RestoreSignals`, placed before the final validation, which Ctrl-C then interrupts at once)."""
 
     def __init__(self):
         self._old: dict[int, Any] = {}
@@ -299,10 +303,35 @@ class Signals(Callback):
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, handler)
 
-    def on_fit_end(self, loop: Loop) -> None:
+
+
+    def restore(self) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+
+
+class RestoreSignals(Callback):
+    """Puts back the handlers :class:`Signals` replaced."""
+
+    def __init__(self, signals: Signals):
+        self.signals = signals
+
+    def on_fit_end(self, loop: Loop) -> None:
+        self.signals.restore()
+
+
+class SyncStop(Callback):
+    """Several processes: a stop on any rank (budget, signal) stops every rank after the same step, for the
+    same reason (a signal before the budget)."""
+
+    def __init__(self, any_rank: Callable[[bool], bool], gather: Callable[[Any], list]):
+        self.any_rank, self.gather = any_rank, gather
+
+    def on_step_end(self, loop: Loop, loss: float) -> None:
+        if self.any_rank(loop.state.stop is not None):
+            reasons = [r for r in self.gather(loop.state.stop) if r]
+            loop.state.stop = next((r for r in reasons if r in SIGNAL_STOPS), reasons[0])
 
 
 class FinalValidation(Callback):

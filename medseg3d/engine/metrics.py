@@ -122,15 +122,9 @@ def labels_near(folder: str | Path) -> dict[str, int] | None:
 
 def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A label map file (NIfTI, NRRD, MHA) as integers (X, Y, Z) and its voxel -> RAS affine."""
-    from ..errors import MedsegError
-    from ..io.readers import read_scan
+    from ..io.readers import open_image, read_label
 
-    scan = read_scan(path)
-    if scan.data.shape[0] != 1:
-        raise MedsegError(f"{path}: a label map must have one channel, got {scan.data.shape[0]}")
-    if not np.allclose(scan.data, np.round(scan.data)):
-        raise MedsegError(f"{path}: a label map must hold integers")
-    return np.round(scan.data[0]).astype(np.int32), scan.affine
+    return read_label(path), open_image(path, allow_2d=True).affine
 
 
 GRID_TOLERANCE_MM = 1e-2  # prediction and reference affines may differ by this much (float32 headers round)

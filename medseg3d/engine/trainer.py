@@ -17,12 +17,14 @@ each batch comes from one domain (``data.domain_sampling``), validation is repor
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,13 +39,17 @@ from monai.utils import set_determinism
 
 from ..bundle import Head, ModelContract, build_network, load_checkpoint, training_mirror_axes
 from ..bundle.checkpoint import save_checkpoint
+from ..bundle.contract import weights_checksum
 from ..config import Config, DataSource, dump_config, load_config, parse_duration
-from ..data.datasets import DatasetInfo, load_source, load_splits, make_splits
+from ..data.check import check_dataset, format_problems, raise_for_errors
+from ..data.datasets import DatasetInfo, load_source, load_splits, make_splits, validate_splits
+from ..data.digest import add_digests
 from ..data.slices import resolve_slices
 from ..data.transforms import LoadCased, augment_transforms, preprocess_transforms
 from ..errors import MedsegError, medseg_cause
 from ..runtime import pick_device, set_threads
 from . import callbacks as cb
+from . import distributed
 from .loop import Loop, NonFiniteLoss, train_step
 from .losses import build_loss
 from .metrics import structures
@@ -63,9 +69,15 @@ class TrainingInterrupted(MedsegError):
         return 130 if self.signal_name == "SIGINT" else 143
 
 
+def cache_base(cfg: Config) -> Path:
+    """Where medseg3d caches: data.cache_dir, else $MEDSEG3D_CACHE, else ~/.cache/medseg3d."""
+    return Path(cfg.data.cache_dir or os.environ.get("MEDSEG3D_CACHE", Path.home() / ".cache" / "medseg3d"))
+
+
 def cache_dir_for(cfg: Config, info: DatasetInfo, map_labels: bool = True) -> Path:
-    """A cache folder keyed by everything that changes the preprocessed arrays."""
-    base = Path(cfg.data.cache_dir or os.environ.get("MEDSEG3D_CACHE", Path.home() / ".cache" / "medseg3d"))
+    """A cache folder keyed by everything that changes the preprocessed arrays (each case's entry is also keyed
+    by its files' contents, see :func:`medseg3d.data.digest.add_digests`)."""
+    base = cache_base(cfg)
     key = json.dumps({"pre": cfg.preprocess.model_dump(), "labels": info.labels, "root": str(info.root),
                       "channels": info.channels, "v": 1, **({} if map_labels else {"raw_labels": True})},
                      sort_keys=True)
@@ -109,7 +121,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
                  started_at: float | None = None):
         self.started_at = time.monotonic() if started_at is None else started_at
-        self.device = pick_device(cfg.train.device)
+        self.dist, self.device = distributed.from_env(pick_device(cfg.train.device))
         self.domains: list[DomainData] = []
         region_mode = cfg.data.target == "regions"
         for name, src in cfg.data.sources().items():
@@ -118,6 +130,7 @@ class Trainer:
             self.domains.append(DomainData(name, src, info, regions if region_mode else None,
                                            structures(info.labels, regions)))
         self.info = self.domains[0].info
+        self._check_data(cfg)
         self.cfg = cfg = resolve_slices(cfg, self.info)  # 2D: the slice axis and patch, recorded resolved
         self.multi = bool(cfg.data.domains)
         self.resume_from: dict | None = None
@@ -128,9 +141,20 @@ class Trainer:
             self.resume_from = load_checkpoint(run_dir / "last.pt")
             _check_same_run(self.resume_from["config"], cfg, run_dir / "last.pt")
         self.run_dir = Path(run_dir) if run_dir else self._new_run_dir()
+        self.run_dir = distributed.gather(self.run_dir, self.dist)[0]  # rank 0 names the run for every rank
         self.mirror_axes = training_mirror_axes(cfg)
 
     # ---- set-up -------------------------------------------------------------------------------------------
+    def _check_data(self, cfg: Config) -> None:
+        """Every training case checked before anything is written (``medseg3d check`` prints the same table):
+        errors stop the run, warnings are printed."""
+        problems = [p for dom in self.domains
+                    for p in check_dataset(dom.info, dom.src.labels, dom.src.regions, len(dom.info.channels),
+                                           test_cases=False, cache_dir=cache_base(cfg))]
+        if problems and self.dist.main and (len(problems) > 1 or problems[0].severity != "error"):
+            print(format_problems(problems), file=sys.stderr, flush=True)
+        raise_for_errors(problems)
+
     def _new_run_dir(self) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         base = Path(self.cfg.output_dir) / f"{self.cfg.name}_{stamp}"
@@ -147,7 +171,8 @@ class Trainer:
         previous = json.loads(saved.read_text()) if self.resume_from is not None and saved.is_file() else None
         given = None
         if previous is None and d.splits_file:
-            given = json.loads(Path(d.splits_file).read_text()) if self.multi else load_splits(d.splits_file)
+            given = json.loads(Path(d.splits_file).read_text()) if self.multi else load_splits(
+                d.splits_file, [c["id"] for c in self.domains[0].info.training])
         all_splits: dict[str, list] = {}
         for dom in self.domains:
             ids = [c["id"] for c in dom.info.training]
@@ -157,9 +182,9 @@ class Trainer:
                 if self.multi and (not isinstance(given, dict) or dom.name not in given):
                     raise MedsegError(f"{d.splits_file}: a multi-domain splits file maps each domain to "
                                       f"its splits; '{dom.name}' is missing")
-                splits = given[dom.name] if self.multi else given
+                splits = validate_splits(given[dom.name], ids, d.splits_file) if self.multi else given
             else:
-                splits = make_splits(ids, d.num_folds, self.cfg.train.seed)
+                splits = make_splits(ids, d.num_folds, self.cfg.train.seed, scheme=d.split_scheme)
             all_splits[dom.name] = splits
             by_id = {c["id"]: c for c in dom.info.training}
             if d.fold == "all":
@@ -179,26 +204,35 @@ class Trainer:
         for i, dom in enumerate(self.domains):
             values = None if dom.regions else list(dom.info.labels.values())
             pre = mt.Compose([LoadCased(("image", "label"), channels=len(dom.info.channels),
-                                        label_values=list(dom.info.labels.values())),
+                                        label_values=list(dom.info.labels.values()),
+                                        allow_2d=cfg.model.spatial_dims == 2),
                               *preprocess_transforms(cfg, values)])
             cache = cache_dir_for(cfg, dom.info, map_labels=values is not None)
             cache.mkdir(parents=True, exist_ok=True)
-            cached_train = PersistentDataset(dom.train_cases, transform=pre, cache_dir=cache)
-            dom.val_ds = PersistentDataset(dom.val_cases, transform=pre, cache_dir=cache) if dom.val_cases else None
+            # each case carries its files' content digest, so an edited file gets a new cache entry
+            train_cases = add_digests(dom.train_cases, cache_base(cfg))
+            val_cases = add_digests(dom.val_cases, cache_base(cfg))
+            cached_train = PersistentDataset(train_cases, transform=pre, cache_dir=cache)
+            dom.val_ds = PersistentDataset(val_cases, transform=pre, cache_dir=cache) if dom.val_cases else None
             dom.aug = mt.Compose(augment_transforms(cfg, dom.regions))
-            dom.aug.set_random_state(seed=cfg.train.seed + i)
+            dom.aug.set_random_state(seed=cfg.train.seed + i + 1000 * self.dist.rank)
             dom.train_ds = Dataset(cached_train, transform=dom.aug)
             dom.cached = (cached_train, dom.val_ds)
 
     def _preprocess_all(self) -> None:
         """Preprocess (or load from the cache) every case once before the first step, so a bad file stops the
-        run before training, and the first epoch is not slowed by it."""
+        run before training, and the first epoch is not slowed by it (rank 0 first, then the others read its
+        cache)."""
+        if not self.dist.main:
+            distributed.barrier(self.dist)
         for dom in self.domains:
             for ds in dom.cached:
                 if ds is None:
                     continue
                 for i in range(len(ds)):
                     ds[i]
+        if self.dist.main:
+            distributed.barrier(self.dist)
 
     def _build_model(self) -> torch.nn.Module:
         if self.multi:
@@ -231,7 +265,8 @@ class Trainer:
     def _contract(self, model: torch.nn.Module, extra: dict[str, Any]) -> ModelContract:
         first = self.domains[0]
         heads = {d.name: d.head for d in self.domains} if self.multi else {"": first.head}
-        return ModelContract(self.cfg, heads, self.mirror_axes, model.state_dict(), source=str(self.run_dir),
+        net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        return ModelContract(self.cfg, heads, self.mirror_axes, net.state_dict(), source=str(self.run_dir),
                              extra={**extra, "target": self.cfg.data.target})
 
     # ---- the run ------------------------------------------------------------------------------------------
@@ -241,6 +276,8 @@ class Trainer:
         try:
             return self._fit()
         except BaseException as e:
+            if not self.dist.main:
+                raise
             cause = medseg_cause(e) if isinstance(e, RuntimeError) else None
             if created and not (self.run_dir / "last.pt").exists() and self.run_dir.exists() and (
                     isinstance(e, MedsegError) or cause is not None):
@@ -248,56 +285,51 @@ class Trainer:
             if cause is not None:
                 raise cause from None
             raise
+        finally:
+            distributed.finish(self.dist)
 
     def _fit(self) -> Path:
-        cfg, t = self.cfg, self.cfg.train
+        cfg, t, d = self.cfg, self.cfg.train, self.dist
         set_determinism(seed=t.seed)
         set_threads(t.threads)
         self._splits()
         self._datasets()
         self._preprocess_all()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-        (self.run_dir / "splits.json").write_text(json.dumps(self._splits_json, indent=1))
+        if d.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+            (self.run_dir / "splits.json").write_text(json.dumps(self._splits_json, indent=1))
 
-        model = self._build_model()
-        opt = self._optimizer(model)
+        net = self._build_model()
+        opt = self._optimizer(net)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
         loss_fn = self._loss()
         amp = t.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        sampler = random.Random(t.seed)  # batch indices and domains, one seeded stream
-        transform_states = {d.name: random_states(d.aug) for d in self.domains}
+        sampler = random.Random(t.seed + d.rank)  # batch indices and domains, one seeded stream per rank
+        transform_states = {dom.name: random_states(dom.aug) for dom in self.domains}
         state = TrainState()
         if self.resume_from is not None:
-            ck = self.resume_from
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            if ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            state.epoch, state.iteration = int(ck["epoch"]), int(ck["iteration"])
-            state.epoch_losses = [float(v) for v in ck.get("partial_losses", [])]
-            state.best_metric = ck["best_metric"] if ck.get("best_metric") is not None else -math.inf
-            if not restore_rng(ck["rng"], sampler, transform_states):
-                raise MedsegError(f"{self.run_dir / 'last.pt'}: the augmentation changed since the run started")
-            log = self.run_dir / "log.csv"
-            if log.is_file():
-                import csv
-
-                with open(log) as f:
-                    state.history = [r for r in csv.DictReader(f) if int(r["epoch"]) <= state.epoch]
+            self._restore(self.resume_from, net, opt, sched, scaler, state, sampler, transform_states)
+        model = net
+        if d.enabled:  # gradients averaged over the ranks; a multi-domain step leaves other domains' heads unused
+            model = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.multi)
 
         def save(path: Path, finished: bool) -> None:
+            rngs = distributed.gather(capture_rng(sampler, transform_states), d)  # every rank takes part
+            if not d.main:
+                return
             done = state.epoch + 1 if finished else state.epoch
             extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                      "epoch": done, "iteration": state.iteration, "best_metric": state.best,
                      "partial_losses": [] if finished else list(state.epoch_losses),
-                     "rng": capture_rng(sampler, transform_states)}
-            save_checkpoint(self._contract(model, extra), path)
+                     "rng": rngs[0], "world_size": d.world_size, **({"rng_ranks": rngs} if d.enabled else {})}
+            save_checkpoint(self._contract(net, extra), path)
 
-        batches = {d.name: self._batches(d, sampler) for d in self.domains}
+        batches = {dom.name: self._batches(dom, sampler) for dom in self.domains}
 
         def step() -> float:
             dom = self._pick_domain(sampler, state.iteration)
@@ -305,37 +337,47 @@ class Trainer:
                               amp=amp, grad_clip=t.grad_clip, domain=dom.name if self.multi else None)
 
         def validate() -> dict[str, float]:
-            return validate_on_grid(model, self.domains, cfg, self.device, loss_fn, self.multi)
+            return validate_on_grid(net, self.domains, cfg, self.device, loss_fn, self.multi)
 
         def final() -> None:
-            final_validation(model, cfg, self.domains, self.run_dir, self.device, self.mirror_axes, self.multi)
+            final_validation(net, cfg, self.domains, self.run_dir, self.device, self.mirror_axes, self.multi)
 
-        has_val = any(d.val_ds is not None for d in self.domains)
+        has_val = d.main and any(dom.val_ds is not None for dom in self.domains)
         lr = lambda: opt.param_groups[0]["lr"]  # noqa: E731
         callbacks: list[cb.Callback] = []
         if t.budget:
             callbacks.append(cb.Budget(parse_duration(t.budget), self.started_at,
-                                       *self._validation_estimates(model) if has_val else (0.0, 0.0),
-                                       save_s=self._save_estimate(model)))
+                                       *self._validation_estimates(net) if has_val else (0.0, 0.0),
+                                       save_s=self._save_estimate(net)))
+        signals = cb.Signals()
+        callbacks.append(signals)
+        if d.enabled:
+            callbacks.append(cb.SyncStop(lambda flag: distributed.any_rank(flag, d, self.device),
+                                         lambda reason: distributed.gather(reason, d)))
         if has_val:
             callbacks.append(cb.Validation(validate, t.val_every))
-        callbacks += [cb.History(self.run_dir / "log.csv", self._log_fields(), lr),
-                      cb.Checkpoints(self.run_dir, save), cb.ProgressPlot(self.run_dir / "progress.png")]
-        if t.tensorboard:
-            callbacks.append(cb.TensorBoard(self.run_dir / "tensorboard",
-                                            state.iteration if self.resume_from is not None else None, lr))
-        callbacks += [cb.Progress(), cb.Signals()]
+        if d.main:
+            callbacks.append(cb.History(self.run_dir / "log.csv", self._log_fields(), lr))
+        callbacks.append(cb.Checkpoints(self.run_dir, save, write=d.main))
+        if d.main:
+            callbacks.append(cb.ProgressPlot(self.run_dir / "progress.png"))
+            if t.tensorboard:
+                callbacks.append(cb.TensorBoard(self.run_dir / "tensorboard",
+                                                state.iteration if self.resume_from is not None else None, lr))
+            callbacks.append(cb.Progress())
+        callbacks.append(cb.RestoreSignals(signals))
         if has_val:
             callbacks.append(cb.FinalValidation(final))
 
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"run folder: {self.run_dir}", flush=True)
-        print(f"model {cfg.model.name} ({n_params / 1e6:.2f} M parameters) on {self.device}, "
-              f"{torch.get_num_threads()} thread(s); " + "; ".join(
-                  f"{d.name + ': ' if d.name else ''}{len(d.train_cases)} training / {len(d.val_cases)} validation "
-                  f"cases" for d in self.domains), flush=True)
-        if self.resume_from is not None:
-            print(f"resuming at epoch {state.epoch + 1}, iteration {state.iteration}", flush=True)
+        if d.main:
+            n_params = sum(p.numel() for p in net.parameters())
+            print(f"run folder: {self.run_dir}", flush=True)
+            print(f"model {cfg.model.name} ({n_params / 1e6:.2f} M parameters) on {self.device}"
+                  f"{f' x {d.world_size} processes' if d.enabled else ''}, {torch.get_num_threads()} thread(s); "
+                  + "; ".join(f"{dom.name + ': ' if dom.name else ''}{len(dom.train_cases)} training / "
+                              f"{len(dom.val_cases)} validation cases" for dom in self.domains), flush=True)
+            if self.resume_from is not None:
+                print(f"resuming at epoch {state.epoch + 1}, iteration {state.iteration}", flush=True)
         loop = Loop(step, state, iters_per_epoch=t.iters_per_epoch, total_iterations=cfg.total_iterations,
                     callbacks=callbacks)
         try:
@@ -345,11 +387,38 @@ class Trainer:
                     if (self.run_dir / "last.pt").exists() else "no epoch had finished, so nothing was saved")
             raise MedsegError(f"training diverged at epoch {state.epoch + 1}, iteration {state.iteration + 1}: "
                               f"{e}; {kept}; lower train.lr or turn on train.grad_clip") from None
+        if d.enabled:  # the ranks must hold the same weights; a difference is a bug, not a user error
+            sums = distributed.gather(weights_checksum(net.state_dict()), d)
+            if len(set(sums)) != 1:
+                raise RuntimeError(f"the {d.world_size} training processes ended with different weights")
         if state.stop in cb.SIGNAL_STOPS:
             raise TrainingInterrupted(
                 f"interrupted by {state.stop} at epoch {state.epoch + 1}, iteration {state.iteration}; a checkpoint "
-                f"was saved: continue with `medseg3d train ... --resume {self.run_dir}`", state.stop)
+                f"was saved: continue with `medseg3d train {self.run_dir / 'config.yaml'} --resume {self.run_dir}`",
+                state.stop)
         return self.run_dir
+
+    def _restore(self, ck: dict, net, opt, sched, scaler, state: TrainState, sampler, transform_states) -> None:
+        """Weights, optimiser, schedule, counters, best metric and every random state of ``last.pt``."""
+        world = int(ck.get("world_size", 1))
+        if world != self.dist.world_size:
+            raise MedsegError(f"{self.run_dir / 'last.pt'}: the run trained on {world} process(es); resume it with "
+                              f"the same number (now {self.dist.world_size}) to continue exactly")
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        state.epoch, state.iteration = int(ck["epoch"]), int(ck["iteration"])
+        state.epoch_losses = [float(v) for v in ck.get("partial_losses", [])]
+        state.best_metric = ck["best_metric"] if ck.get("best_metric") is not None else -math.inf
+        rng = ck["rng_ranks"][self.dist.rank] if "rng_ranks" in ck else ck["rng"]
+        if not restore_rng(rng, sampler, transform_states):
+            raise MedsegError(f"{self.run_dir / 'last.pt'}: the augmentation changed since the run started")
+        log = self.run_dir / "log.csv"
+        if log.is_file():
+            with open(log) as f:
+                state.history = [r for r in csv.DictReader(f) if int(r["epoch"]) <= state.epoch]
 
     def _validation_estimates(self, model: torch.nn.Module) -> tuple[float, float]:
         """Seconds a validation pass on the preprocessed grid and the final validation will take, before either

@@ -88,7 +88,7 @@ def final_validation(model: torch.nn.Module, cfg: Config, domains: Iterable[Any]
                             domain=head.domain, mirror_axes=mirror_axes)
             out_dir = run_dir / "validation" / dom.name if multi else run_dir / "validation"
             for case in dom.val_cases:
-                scan = read_scan(case["image"], channels=len(head.channels))
+                scan = read_scan(case["image"], channels=len(head.channels), allow_2d=cfg.model.spatial_dims == 2)
                 pred = seg.segment(scan)
                 path = write_image(pred.labels, scan, out_dir / f"{case['id']}.nii.gz")
                 metrics = score_files(path, Path(case["label"]), dom.structs)

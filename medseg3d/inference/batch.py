@@ -4,7 +4,8 @@
 BraTS or plain folders), plans and checks every output path before any inference (never an input, never inside
 an input DICOM folder, the output folder writable), then segments one case at a time (memory stays flat) and
 writes each case's files together (temporary files renamed when all are written). A case that fails is reported
-and skipped; the others are still written, and the result lists what failed.
+and skipped; the others are still written, and the result lists what failed. Started by torchrun
+(``torchrun --nproc_per_node N -m medseg3d infer ...``), each process segments its share of the cases.
 """
 
 from __future__ import annotations
@@ -124,11 +125,13 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
                   uncertainty: Optional[Uncertainty] = None, device: str = "auto", overlap: Optional[float] = None,
                   sw_batch_size: Optional[int] = None, preview: bool = True, report: bool = True,
                   channels_per_case: Optional[int] = None, postprocess: Optional[dict[str, Any]] = None,
-                  domain: Optional[str] = None, log: Callable[[str], None] = print) -> BatchResult:
+                  domain: Optional[str] = None, allow_2d: Optional[bool] = None,
+                  log: Callable[[str], None] = print) -> BatchResult:
     """Segment every case named by ``inputs`` with the model(s) and write the outputs into the folder ``output``
     (or, for one case, the file ``output`` such as ``seg.nii.gz``). ``postprocess`` overrides the checkpoint's
-    postprocess settings (keys of the config's ``postprocess`` section; None keeps a setting). Returns what was
-    written and what failed; ``log`` gets one line per case."""
+    postprocess settings (keys of the config's ``postprocess`` section; None keeps a setting). ``allow_2d``
+    accepts single-slice images for a 3D model (default: only for 2D models). Returns what was written and what
+    failed; ``log`` gets one line per case."""
     t_start = time.perf_counter()
     seg = models if isinstance(models, Segmenter) else Segmenter.from_checkpoint(
         models if isinstance(models, (list, tuple)) else [models], device=device, tta=tta, domain=domain)
@@ -143,9 +146,12 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
                          report=report)
     created = [d for folder in sorted({p.parent for plan in plans for p in plan.paths()})
                for d in check_writable(folder)]
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun every process takes its share of the cases
+        plans, created = plans[rank::world], []
     result = BatchResult()
     try:
-        _segment_all(seg, plans, uncertainty, tta, log, result)
+        _segment_all(seg, plans, uncertainty, tta, log, result, allow_2d)
     finally:
         _remove_empty(created)  # a folder made for outputs that never came is not left behind
     result.seconds = time.perf_counter() - t_start
@@ -153,11 +159,11 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
 
 
 def _segment_all(seg: Segmenter, plans: list[CaseOutputs], uncertainty, tta: bool, log,
-                 result: BatchResult) -> None:
+                 result: BatchResult, allow_2d: Optional[bool] = None) -> None:
     for plan in plans:
         try:
             try:
-                _segment_case(seg, plan, uncertainty, tta, log)
+                _segment_case(seg, plan, uncertainty, tta, log, allow_2d)
             except OSError as e:  # a failed write (disk full, permissions): nothing of the case is left behind
                 raise MedsegError(f"{plan.labels.parent}: writing {plan.case.name}'s outputs failed "
                                   f"({e.strerror or e})") from None
@@ -169,11 +175,11 @@ def _segment_all(seg: Segmenter, plans: list[CaseOutputs], uncertainty, tta: boo
             log(f"{plan.case.name}: FAILED: {e}")
 
 
-def _segment_case(seg: Segmenter, plan: CaseOutputs, uncertainty, tta: bool, log) -> None:
+def _segment_case(seg: Segmenter, plan: CaseOutputs, uncertainty, tta: bool, log, allow_2d=None) -> None:
     from ..io.preview import preview_figure
     from ..io.report import case_report, report_writer
 
-    scan = seg.read(plan.case.inputs)
+    scan = seg.read(plan.case.inputs, allow_2d=allow_2d)
     check_format(plan.fmt, scan)
     pred = seg.segment(scan, uncertainty=uncertainty)
     writers = {plan.labels: label_writer(pred.labels, scan, plan.fmt, seg.labels, __version__)}

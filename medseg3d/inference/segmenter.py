@@ -189,16 +189,18 @@ class Segmenter:
         self.postprocess = post
 
     # ---- inputs -------------------------------------------------------------------------------------------
-    def read(self, image: ImageInput, affine: np.ndarray | None = None) -> Scan:
+    def read(self, image: ImageInput, affine: np.ndarray | None = None, allow_2d: bool | None = None) -> Scan:
         """A Scan of a path (NIfTI, NRRD, MHA, DICOM series folder), a list of per-channel paths, a nibabel or
         SimpleITK image, a numpy array (X, Y, Z) / (C, X, Y, Z) with ``affine``, or an ``(array, affine)``
-        tuple; the channel count must match the model's."""
+        tuple; the channel count must match the model's. A single-slice image is refused for a 3D model unless
+        ``allow_2d`` (a 2D model takes one by default)."""
+        allow_2d = self.config.model.spatial_dims == 2 if allow_2d is None else allow_2d
         if isinstance(image, (str, os.PathLike)) or (isinstance(image, (list, tuple)) and image
                                                      and all(isinstance(p, (str, os.PathLike)) for p in image)):
-            return read_scan(image, channels=len(self.channels))
+            return read_scan(image, channels=len(self.channels), allow_2d=allow_2d)
         if isinstance(image, tuple) and len(image) == 2 and isinstance(image[0], np.ndarray):
             image, affine = image
-        scan = scan_from_image(image, affine)
+        scan = scan_from_image(image, affine, allow_2d=allow_2d)
         if scan.data.shape[0] != len(self.channels):
             raise MedsegError(f"image has {scan.data.shape[0]} channel(s) but the model expects "
                               f"{len(self.channels)} ({', '.join(self.channels)})")
@@ -235,12 +237,12 @@ class Segmenter:
         return Prediction(scan, labels, probs, None if unc is None else unc.astype(np.float32),
                           time.perf_counter() - t0, passes)
 
-    def predict(self, image: ImageInput, affine: np.ndarray | None = None) -> Any:
+    def predict(self, image: ImageInput, affine: np.ndarray | None = None, allow_2d: bool | None = None) -> Any:
         """Segment one scan and return the label map as the same kind as the input: a nibabel image for a
         nibabel image or a NIfTI path; a SimpleITK image for a SimpleITK image or an NRRD/MHA/DICOM path; a
         numpy array (X, Y, Z) for a numpy array (with ``affine=``, or as ``(array, affine)``). The map has the
         input's exact geometry."""
-        scan = self.read(image, affine)
+        scan = self.read(image, affine, allow_2d)
         pred = self.segment(scan)
         self.last_runtime = pred.runtime_s
         return as_input_kind(pred.labels, scan)

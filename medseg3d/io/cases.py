@@ -19,8 +19,8 @@ from typing import Sequence
 
 from ..errors import MedsegError
 from .dicom import is_dicom_dir
+from .brats import brats_case_files, brats_channel_order
 from .readers import FILE_SUFFIXES
-from ..data.datasets import brats_case_files, brats_channel_order
 from .scan import PathLike, case_name, image_suffix
 
 
