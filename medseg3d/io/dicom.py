@@ -136,11 +136,15 @@ def check_dicom_seg_source(datasets: Sequence, output: str = "DICOM-SEG") -> lis
         for attr in _TYPE2:
             if attr not in ds:
                 setattr(ds, attr, "")
-    if not repaired:
-        return []
-    return [f"{src}: the source series has no valid {', '.join(repaired)}; the {output} gets new valid values "
-            "(UIDs derived from the images' SOPInstanceUIDs, the same on every run), so a PACS or viewer will file "
-            "it apart from its source images"]
+    messages = []
+    uids = [a for a in repaired if a.endswith("UID")]
+    if uids:
+        messages.append(f"{src}: the source series has no valid {', '.join(uids)}; the {output} gets new ones derived "
+                        "from the images' SOPInstanceUIDs (the same on every run), so a PACS or viewer will file it "
+                        "apart from its source images")
+    if "Modality" in repaired:
+        messages.append(f"{src}: the source series has no Modality; the {output} records it as OT (other)")
+    return messages
 
 
 def dicom_seg(labels: np.ndarray, datasets: Sequence, names: dict[str, int], software_version: str,
@@ -155,10 +159,14 @@ def dicom_seg(labels: np.ndarray, datasets: Sequence, names: dict[str, int], sof
 
     for message in check_dicom_seg_source(datasets):  # a no-op when the caller already checked
         warnings.warn(message, stacklevel=2)
+    src = series_label(datasets)
+    expected = (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
+    if tuple(labels.shape) != expected:
+        raise MedsegError(f"{src}: label map shape {tuple(labels.shape)} does not match the series' {expected[0]} "
+                          f"columns x {expected[1]} rows x {expected[2]} slices")
     fg = [(name, value) for name, value in names.items() if value != 0]
     coded = segment_codes([n for n, _ in fg], codes)
     colors = label_colors(names)
-    src = series_label(datasets)
     try:
         frames = np.zeros(labels.shape[::-1], dtype=np.uint8)  # (frames, rows, columns) = (Z, Y, X)
         zyx = np.transpose(labels, (2, 1, 0))
