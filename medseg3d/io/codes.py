@@ -55,8 +55,10 @@ _ANATOMY: dict[str, Code] = {
     "brainstem": ("SCT", "119238007", "Brain stem"), "hippocampus": ("SCT", "5366008", "Hippocampus"),
     "thalamus": ("SCT", "42695009", "Thalamus"), "putamen": ("SCT", "89278009", "Putamen"),
     "caudate nucleus": ("SCT", "11000004", "Caudate nucleus"), "amygdala": ("SCT", "4958002", "Amygdala"),
-    "globus pallidus": ("SCT", "14738005", "Globus pallidus"), "cerebral cortex": ("SCT", "40146001", "Cerebral cortex"),
-    "lateral ventricle": ("SCT", "66720007", "Lateral ventricle"), "brain ventricle": ("SCT", "35764002", "Brain ventricle"),
+    "globus pallidus": ("SCT", "14738005", "Globus pallidus"),
+    "cerebral cortex": ("SCT", "40146001", "Cerebral cortex"),
+    "lateral ventricle": ("SCT", "66720007", "Lateral ventricle"),
+    "brain ventricle": ("SCT", "35764002", "Brain ventricle"),
 }
 _SUBSTANCE: dict[str, Code] = {"cerebrospinal fluid": ("SCT", "65216001", "Cerebrospinal fluid")}
 _ABNORMAL: dict[str, Code] = {

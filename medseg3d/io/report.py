@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..errors import MedsegError
 from .scan import Scan
 
 _STRUCTURE = ndimage.generate_binary_structure(3, 3)  # 26-connectivity, as medseg3d.inference.postprocess
@@ -45,11 +46,11 @@ def statistics(scan: Scan | None, labels: np.ndarray, names: Mapping[str, int],
     vv = float(voxel_volume_mm3 if voxel_volume_mm3 is not None else scan.voxel_volume_mm3)
     data = scan.data if scan is not None else None
     if data is not None and data.shape[1:] != labels.shape:
-        raise ValueError(f"label map shape {labels.shape} differs from the scan's {data.shape[1:]}")
+        raise MedsegError(f"{scan.name}: label map shape {labels.shape} differs from the scan's {data.shape[1:]}")
     cnames = [str(c) for c in channel_names] if channel_names is not None else \
         [str(i) for i in range(data.shape[0])] if data is not None else []
     if data is not None and len(cnames) != data.shape[0]:
-        raise ValueError(f"{len(cnames)} channel names for a scan with {data.shape[0]} channels")
+        raise MedsegError(f"{scan.name}: {len(cnames)} channel names for a scan with {data.shape[0]} channels")
     boxes = _boxes(labels, names.values())
     out: dict[str, dict[str, Any]] = {}
     for name, value in names.items():

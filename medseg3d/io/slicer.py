@@ -21,7 +21,6 @@ import SimpleITK as sitk
 
 from ..errors import MedsegError
 from .codes import Code, segment_codes
-from .nifti import label_dtype
 from .preview import label_colors
 from .scan import Scan
 from .sitk_image import sitk_like
@@ -53,13 +52,11 @@ def segmentation_image(labels: np.ndarray, scan: Scan, names: dict[str, int], co
     if labels.shape != scan.shape:
         raise MedsegError(f"{scan.name}: label map shape {labels.shape} differs from the scan's {scan.shape}")
     fg = [(name, int(value)) for name, value in names.items() if value != 0]
-    values = [v for _, v in fg]
-    if any(v < 0 for v in values) or (labels.size and labels.min() < 0):
-        raise MedsegError(f"{scan.name}: a 3D Slicer segmentation holds label values >= 0; the labels have "
-                          f"{min(min(values, default=0), int(labels.min()) if labels.size else 0)}")
-    dtype = label_dtype(values + ([int(labels.max())] if labels.size else []))
-    if dtype == np.int16:
-        dtype = np.dtype(np.uint16)
+    values = [v for _, v in fg] + ([int(labels.min()), int(labels.max())] if labels.size else [])
+    if min(values, default=0) < 0 or max(values, default=0) > 65535:
+        raise MedsegError(f"{scan.name}: a 3D Slicer segmentation holds label values 0 to 65535, these labels go "
+                          f"from {min(values)} to {max(values)}; renumber the labels")
+    dtype = np.uint8 if max(values, default=0) < 256 else np.uint16
     img = sitk_like(labels.astype(dtype), scan)
     coded = segment_codes([n for n, _ in fg], codes)
     colors = label_colors(names)

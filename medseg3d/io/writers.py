@@ -46,11 +46,14 @@ OUTPUT_FORMATS: dict[str, OutputFormat] = {f.name: f for f in [
                  map_format="nifti", mask_format="nifti"),
     OutputFormat("nrrd", ".nrrd", "NRRD", "NRRD label map", map_format="nrrd", mask_format="nrrd"),
     OutputFormat("mha", ".mha", "MHA", "MetaImage label map", map_format="mha", mask_format="mha"),
-    OutputFormat("seg.nrrd", ".seg.nrrd", "3D Slicer segmentation", "3D Slicer segmentation: named, coloured segments with SNOMED CT codes",
+    OutputFormat("seg.nrrd", ".seg.nrrd", "3D Slicer segmentation",
+                 "3D Slicer segmentation: named, coloured segments with SNOMED CT codes",
                  map_format="nrrd", mask_format="seg.nrrd"),
-    OutputFormat("dicom-seg", ".dcm", "DICOM-SEG", "DICOM-SEG referencing the source images (DICOM series input only)",
+    OutputFormat("dicom-seg", ".dcm", "DICOM-SEG",
+                 "DICOM-SEG referencing the source images (DICOM series input only)",
                  needs_dicom=True, map_format="nifti", mask_format="nifti"),
-    OutputFormat("rtstruct", ".dcm", "RTSTRUCT", "DICOM RT Structure Set, contours per slice (DICOM series input only)",
+    OutputFormat("rtstruct", ".dcm", "RTSTRUCT",
+                 "DICOM RT Structure Set, contours per slice (DICOM series input only)",
                  needs_dicom=True, map_format="nifti", mask_format="nifti"),
 ]}
 FORMATS = {name: f.suffix for name, f in OUTPUT_FORMATS.items()}  # name -> suffix
@@ -80,8 +83,9 @@ def check_format(fmt: str, scan: Scan) -> list[str]:
     in memory) and returns its warnings, to be shown to the user."""
     spec = output_format(fmt)
     if spec.needs_dicom and not scan.dicom:
-        raise MedsegError(f"{scan.sources[0] if scan.sources else 'image'}: {spec.title} output needs a DICOM series as "
-                          f"input; use --format {', '.join(n for n, f in OUTPUT_FORMATS.items() if not f.needs_dicom)}")
+        others = ", ".join(n for n, f in OUTPUT_FORMATS.items() if not f.needs_dicom)
+        raise MedsegError(f"{scan.sources[0] if scan.sources else 'image'}: {spec.title} output needs a DICOM series "
+                          f"as input; use --format {others}")
     if spec.needs_dicom:
         from .dicom import check_dicom_seg_source
 
@@ -128,15 +132,13 @@ def mask_filename(name: str) -> str:
     return stem
 
 
-def mask_writers(labels: np.ndarray, scan: Scan, names: dict[str, int], folder: PathLike, fmt: str = "nifti",
-                 codes: Mapping[str, Mapping] | None = None) -> dict[Path, Writer]:
-    """One binary mask (uint8, 0/1) per non-background label, ``folder/<label name><suffix>``, in the scan's
-    geometry, as TotalSegmentator writes them: all labels, also those absent from the map (an empty mask).
-    ``fmt`` is the label map's format: image formats give the same format, ``seg.nrrd`` a one-segment
-    ``.seg.nrrd``, DICOM-SEG and RTSTRUCT (which already hold one segment per label) NIfTI masks."""
-    mfmt = output_format(fmt).mask_format
+def mask_paths(names: dict[str, int], folder: PathLike, fmt: str = "nifti") -> dict[str, Path]:
+    """Per non-background label name, the path of its mask: ``folder/<label name><suffix>`` (see
+    :func:`mask_writers`); known before inference, so the paths can be checked first. Two names that give one
+    file name are an error."""
+    suffix = OUTPUT_FORMATS[output_format(fmt).mask_format].suffix
     folder = Path(folder)
-    writers: dict[Path, Writer] = {}
+    out: dict[str, Path] = {}
     seen: dict[str, str] = {}
     for name, value in names.items():
         if value == 0:
@@ -144,10 +146,22 @@ def mask_writers(labels: np.ndarray, scan: Scan, names: dict[str, int], folder: 
         stem = mask_filename(name)
         if stem.lower() in seen:
             raise MedsegError(f"{folder}: labels {seen[stem.lower()]!r} and {name!r} would both be written as "
-                              f"{stem}{OUTPUT_FORMATS[mfmt].suffix}; rename one of them")
+                              f"{stem}{suffix}; rename one of them")
         seen[stem.lower()] = name
-        mask = (np.asarray(labels) == value).astype(np.uint8)
-        path = folder / f"{stem}{OUTPUT_FORMATS[mfmt].suffix}"
+        out[name] = folder / f"{stem}{suffix}"
+    return out
+
+
+def mask_writers(labels: np.ndarray, scan: Scan, names: dict[str, int], folder: PathLike, fmt: str = "nifti",
+                 codes: Mapping[str, Mapping] | None = None) -> dict[Path, Writer]:
+    """One binary mask (uint8, 0/1) per non-background label, ``folder/<label name><suffix>``, in the scan's
+    geometry, as TotalSegmentator writes them: all labels, also those absent from the map (an empty mask).
+    ``fmt`` is the label map's format: image formats give the same format, ``seg.nrrd`` a one-segment
+    ``.seg.nrrd``, DICOM-SEG and RTSTRUCT (which already hold one segment per label) NIfTI masks."""
+    mfmt = output_format(fmt).mask_format
+    writers: dict[Path, Writer] = {}
+    for name, path in mask_paths(names, folder, fmt).items():
+        mask = (np.asarray(labels) == names[name]).astype(np.uint8)
         if mfmt == "seg.nrrd":
             from .slicer import seg_nrrd_writer
 

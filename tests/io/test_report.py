@@ -53,8 +53,8 @@ def test_statistics_equal_numpy_on_the_same_masks():
     assert stats["spleen"]["voxels"] == 0
     # channels unnamed: "0", "1"; without a scan: no intensity, as the report had before
     assert list(statistics(scan, labels, NAMES)["liver"]["intensity"]) == ["0", "1"]
-    assert label_statistics(labels, NAMES, scan.voxel_volume_mm3) == {n: {k: v for k, v in s.items() if k != "intensity"}
-                                                   for n, s in stats.items()}
+    without = {n: {k: v for k, v in s.items() if k != "intensity"} for n, s in stats.items()}
+    assert label_statistics(labels, NAMES, scan.voxel_volume_mm3) == without
 
 
 def test_report_carries_intensities_and_is_strict_json():
@@ -67,7 +67,8 @@ def test_report_carries_intensities_and_is_strict_json():
         float(np.median(scan.data[1][labels == 3])))
     assert back["labels"]["spleen"]["intensity"]["T1"]["mean"] is None
     assert back["runtime_s"] == 1.235
-    plain = case_report(scan, labels, NAMES, runtime_s=1.0, device="cpu", model={}, outputs=[], tta=False, passes=1)
+    plain = case_report(scan, labels, NAMES, runtime_s=1.0, device="cpu", model={}, outputs=[], tta=False,
+                        passes=1)
     assert set(plain["labels"]["liver"]) == {"value", "voxels", "volume_ml", "components"}
 
 

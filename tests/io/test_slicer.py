@@ -121,3 +121,19 @@ def test_terminology_entry_is_slicers_seven_fields():
     entry = terminology_entry(("SCT", "91723000", "Anatomical Structure"), ("SCT", "10200004", "Liver"))
     assert entry == ("Segmentation category and type - DICOM master list~SCT^91723000^Anatomical Structure"
                      "~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^")
+
+
+def test_slicerio_reads_the_segments(tmp_path):
+    """slicerio (3D Slicer's own Python reader of .seg.nrrd, optional here) sees the same segments."""
+    slicerio = pytest.importorskip("slicerio")
+    scan = nifti_scan(tmp_path)
+    lab = brats_labels(scan)
+    path = atomic_write(tmp_path / "case.seg.nrrd", seg_nrrd_writer(lab, scan, BRATS))
+    seg = slicerio.read_segmentation(str(path))
+    assert seg["masterRepresentation"] == "Binary labelmap"
+    assert [(s["name"], s["labelValue"], s["layer"]) for s in seg["segments"]] == [
+        ("necrotic", 1, 0), ("edema", 2, 0), ("enhancing", 4, 0)]
+    assert [s["terminology"]["type"][1] for s in seg["segments"]] == ["6574001", "79654002", "108369006"]
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ scan.affine
+    np.testing.assert_allclose(seg["ijkToLPS"], lps, atol=1e-6)
+    np.testing.assert_array_equal(seg["voxels"], lab)

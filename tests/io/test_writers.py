@@ -15,7 +15,7 @@ from medseg3d.io.dicom import write_dicom_series
 from medseg3d.io.readers import read_scan
 from medseg3d.io.scan import atomic_write_all
 from medseg3d.io.writers import (FORMATS, OUTPUT_FORMATS, check_format, format_help, label_writer, map_format,
-                                 mask_filename, mask_writers, write_labels)
+                                 mask_filename, mask_paths, mask_writers, write_labels)
 
 SHAPE = (30, 26, 12)
 NAMES = {"background": 0, "liver": 1, "liver tumour": 2, "spleen": 3}
@@ -104,6 +104,7 @@ def test_one_mask_per_label_in_the_scans_geometry(tmp_path, fmt, suffix):
     scan = nifti_scan(tmp_path)
     lab = labels_of(scan)
     writers = mask_writers(lab, scan, NAMES, tmp_path / "out" / "scan", fmt)
+    assert list(writers) == list(mask_paths(NAMES, tmp_path / "out" / "scan", fmt).values())  # known beforehand
     assert sorted(p.name for p in writers) == sorted(f"{s}{suffix}" for s in ("liver", "liver_tumour", "spleen"))
     atomic_write_all(writers)
     for path in writers:
@@ -131,5 +132,4 @@ def test_dicom_formats_give_nifti_masks_and_names_must_stay_distinct(tmp_path):
     assert mask_filename("Kidney (left) / cyst") == "Kidney_left_cyst"
     with pytest.raises(MedsegError, match="labels 'liver tumour' and 'liver_tumour' would both be written as "
                                           "liver_tumour.nii.gz"):
-        mask_writers(labels_of(scan), scan, {"background": 0, "liver tumour": 1, "liver_tumour": 2},
-                     tmp_path / "masks", "nifti")
+        mask_paths({"background": 0, "liver tumour": 1, "liver_tumour": 2}, tmp_path / "masks", "nifti")
