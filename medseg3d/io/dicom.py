@@ -181,17 +181,35 @@ def dicom_seg(labels: np.ndarray, datasets: Sequence, names: dict[str, int], sof
                 segmented_property_type=pydicom_code(coded[name].type),
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
                 display_color=hd.color.CIELabColor.from_rgb(*(round(c * 255) for c in colors[name]))))
-        return hd.seg.Segmentation(
+        seg = hd.seg.Segmentation(
             source_images=list(datasets), pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medseg3d",
             manufacturer_model_name="medseg3d", software_versions=software_version, device_serial_number="0",
             series_description="medseg3d segmentation")
+        seg.SpecificCharacterSet = "ISO_IR 192"  # UTF-8, so any label (and patient) name is written as it is
+        return seg
     except MedsegError:
         raise
     except Exception as e:  # highdicom raises ValueError, TypeError, KeyError, AttributeError, ...
         raise MedsegError(f"{src}: cannot build a DICOM-SEG for this series ({type(e).__name__}: "
                           f"{first_line(e)})") from None
+
+
+def dicom_seg_writer(labels: np.ndarray, datasets: Sequence, names: dict[str, int], software_version: str,
+                     codes: dict | None = None):
+    """``write(path)`` of the DICOM-SEG of :func:`dicom_seg` (built now, so errors come before any file)."""
+    seg = dicom_seg(labels, datasets, names, software_version, codes)
+    src = series_label(datasets)
+
+    def write(path: str) -> None:
+        try:
+            seg.save_as(path)
+        except OSError:
+            raise
+        except Exception as e:  # pydicom encoding errors
+            raise MedsegError(f"{src}: cannot write its DICOM-SEG ({type(e).__name__}: {first_line(e)})") from None
+    return write
 
 
 def write_dicom_series(volume: np.ndarray, affine: np.ndarray, folder: PathLike, modality: str = "MR",

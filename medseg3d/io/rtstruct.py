@@ -14,6 +14,7 @@ import datetime
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import MedsegError
 from .codes import ANATOMICAL_STRUCTURE, pydicom_code, segment_codes
@@ -80,7 +81,7 @@ def rtstruct_dataset(labels: np.ndarray, datasets: Sequence, names: dict[str, in
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SpecificCharacterSet = first.get("SpecificCharacterSet", "ISO_IR 192")
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: any label name, any patient name
     ds.SOPClassUID, ds.SOPInstanceUID = RT_STRUCTURE_SET_STORAGE, meta.MediaStorageSOPInstanceUID
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     for attr in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
@@ -115,6 +116,8 @@ def rtstruct_dataset(labels: np.ndarray, datasets: Sequence, names: dict[str, in
     ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame_ref])
 
     frames = [_frame(im) for im in datasets]
+    # the bounding box of each label, from one pass over the map, so each ROI only looks at its own voxels
+    boxes = ndimage.find_objects(labels.astype(np.int32)) if labels.size and labels.min() >= 0 else None
     rois, contours, observations = [], [], []
     for number, (name, value) in enumerate(fg, start=1):
         roi = Dataset()
@@ -125,10 +128,17 @@ def rtstruct_dataset(labels: np.ndarray, datasets: Sequence, names: dict[str, in
         item.ReferencedROINumber = number
         item.ROIDisplayColor = [round(c * 255) for c in colors[name]]
         per_slice = []
-        mask3d = labels == value
-        for k in np.flatnonzero(mask3d.any(axis=(0, 1))):
+        if boxes is None:  # a map with negative values: look at the whole grid
+            box = tuple(slice(0, n) for n in labels.shape)
+        else:
+            box = boxes[value - 1] if 0 < value <= len(boxes) else None  # None: the label is absent
+        mask3d = labels[box] == value if box is not None else np.zeros((0, 0, 0), bool)
+        offset = np.array([box[0].start, box[1].start]) if box is not None else np.zeros(2)
+        for kk in np.flatnonzero(mask3d.any(axis=(0, 1))):
+            k = kk + box[2].start
             origin, row_dir, col_dir, step = frames[k]
-            for c in slice_contours(mask3d[:, :, k]):
+            for c in slice_contours(mask3d[:, :, kk]):
+                c = c + offset
                 points = origin + np.outer(c[:, 0] * step[0], row_dir) + np.outer(c[:, 1] * step[1], col_dir)
                 contour = Dataset()
                 contour.ContourImageSequence = DicomSequence([image_ref(datasets[k])])
@@ -172,7 +182,12 @@ def rtstruct_writer(labels: np.ndarray, datasets: Sequence, names: dict[str, int
                           f"{first_line(e)})") from None
 
     def write(path: str) -> None:
-        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        try:
+            pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        except OSError:
+            raise
+        except Exception as e:  # pydicom encoding errors
+            raise MedsegError(f"{src}: cannot write its RTSTRUCT ({type(e).__name__}: {first_line(e)})") from None
     return write
 
 

@@ -115,10 +115,9 @@ def label_writer(labels: np.ndarray, scan: Scan, fmt: str, names: dict[str, int]
 
         return seg_nrrd_writer(labels, scan, names, codes)
     if fmt == "dicom-seg":
-        from .dicom import dicom_seg
+        from .dicom import dicom_seg_writer
 
-        seg = dicom_seg(labels, scan.dicom, names, version, codes)
-        return lambda path: seg.save_as(path)
+        return dicom_seg_writer(labels, scan.dicom, names, version, codes)
     if fmt == "rtstruct":
         from .rtstruct import rtstruct_writer
 

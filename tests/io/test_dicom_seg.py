@@ -146,3 +146,18 @@ def test_label_map_must_match_the_series(tmp_path):
     scan = read_scan(series(tmp_path))
     with pytest.raises(MedsegError, match=r"label map shape \(3, 3, 3\) does not match the series' 30 columns"):
         dicom_seg(np.zeros((3, 3, 3), np.uint8), scan.dicom, BRATS, "0.1")
+
+
+def test_any_label_name_is_written_as_it_is(tmp_path):
+    from medseg3d.io.scan import atomic_write
+    from medseg3d.io.writers import label_writer
+
+    scan = read_scan(series(tmp_path))
+    names = {"background": 0, "œdème péritumoral 水肿": 2}
+    for fmt in ("dicom-seg", "rtstruct"):
+        path = atomic_write(tmp_path / f"{fmt}.dcm", label_writer(brats_labels(scan), scan, fmt, names, "0.1"))
+        ds = pydicom.dcmread(path)
+        assert ds.SpecificCharacterSet == "ISO_IR 192"
+        got = ds.SegmentSequence[0].SegmentLabel if fmt == "dicom-seg" else ds.StructureSetROISequence[0].ROIName
+        assert got == "œdème péritumoral 水肿"
+        assert ds.PatientName == scan.dicom[0].PatientName
