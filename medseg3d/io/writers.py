@@ -193,8 +193,9 @@ def write_image(array: np.ndarray, scan: Scan, path: PathLike, fmt: str = "nifti
 
 
 def write_labels(labels: np.ndarray, scan: Scan, path: PathLike, names: dict[str, int], fmt: str | None = None,
-                 version: str = "", codes: Mapping[str, Mapping] | None = None) -> Path:
-    """Write a label map atomically in ``fmt`` (default: from the file name's suffix, e.g. ``.seg.nrrd``)."""
+                 version: str = "unknown", codes: Mapping[str, Mapping] | None = None) -> Path:
+    """Write a label map atomically in ``fmt`` (default: from the file name's suffix, e.g. ``.seg.nrrd``);
+    ``version`` is the software version DICOM outputs record."""
     if fmt is None:
         lower = str(path).lower()
         matches = [n for n, f in OUTPUT_FORMATS.items() if lower.endswith(f.suffix) and not f.needs_dicom]
@@ -202,6 +203,4 @@ def write_labels(labels: np.ndarray, scan: Scan, path: PathLike, names: dict[str
             raise MedsegError(f"{path}: cannot tell the output format from the suffix; give fmt= one of "
                               f"{', '.join(OUTPUT_FORMATS)}")
         fmt = max(matches, key=lambda n: len(OUTPUT_FORMATS[n].suffix))
-    if not version:
-        from .. import __version__ as version  # noqa: N811
     return atomic_write(path, label_writer(labels, scan, fmt, names, version, codes))
