@@ -122,7 +122,7 @@ def test_previews_leave_the_backend_alone_and_render_png(tmp_path):
         import numpy as np
         assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
         lab = np.zeros((8, 8, 8), np.int16); lab[2:5, 2:5, 2:5] = 1
-        fig = preview_figure(scan_from_image(lab.astype(np.float32)), lab, {{"background": 0, "x": 1}})
+        fig = preview_figure(scan_from_image(lab.astype(np.float32), np.eye(4)), lab, {{"background": 0, "x": 1}})
         fig.savefig({str(tmp_path / "q.png")!r}, format="png")
         assert "matplotlib.pyplot" not in sys.modules
         assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
