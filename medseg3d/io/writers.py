@@ -39,11 +39,12 @@ class OutputFormat:
     needs_dicom: bool = False
     map_format: str = ""
     mask_format: str = ""
+    other_suffixes: tuple[str, ...] = ()  # also recognised in file names (``-o seg.nii``)
 
 
 OUTPUT_FORMATS: dict[str, OutputFormat] = {f.name: f for f in [
     OutputFormat("nifti", ".nii.gz", "NIfTI", "NIfTI label map (the input's affine and qform/sform)",
-                 map_format="nifti", mask_format="nifti"),
+                 map_format="nifti", mask_format="nifti", other_suffixes=(".nii",)),
     OutputFormat("nrrd", ".nrrd", "NRRD", "NRRD label map", map_format="nrrd", mask_format="nrrd"),
     OutputFormat("mha", ".mha", "MHA", "MetaImage label map", map_format="mha", mask_format="mha"),
     OutputFormat("seg.nrrd", ".seg.nrrd", "3D Slicer segmentation",
@@ -192,15 +193,22 @@ def write_image(array: np.ndarray, scan: Scan, path: PathLike, fmt: str = "nifti
     return atomic_write(path, image_writer(array, scan, fmt))
 
 
+def format_for_path(path: PathLike) -> str | None:
+    """The output format a file name asks for (``x.seg.nrrd`` -> seg.nrrd, not nrrd; ``x.dcm`` -> dicom-seg,
+    the first of the table's ``.dcm`` formats), or None."""
+    lower = Path(path).name.lower()
+    matches = [(len(s), n) for n, f in OUTPUT_FORMATS.items() for s in (f.suffix, *f.other_suffixes)
+               if lower.endswith(s)]
+    return max(matches, key=lambda m: m[0])[1] if matches else None  # max keeps the first of equal lengths
+
+
 def write_labels(labels: np.ndarray, scan: Scan, path: PathLike, names: dict[str, int], fmt: str | None = None,
                  version: str = "unknown", codes: Mapping[str, Mapping] | None = None) -> Path:
-    """Write a label map atomically in ``fmt`` (default: from the file name's suffix, e.g. ``.seg.nrrd``);
+    """Write a label map atomically in ``fmt`` (default: from the file name, see :func:`format_for_path`);
     ``version`` is the software version DICOM outputs record."""
+    fmt = fmt or format_for_path(path)
     if fmt is None:
-        lower = str(path).lower()
-        matches = [n for n, f in OUTPUT_FORMATS.items() if lower.endswith(f.suffix) and not f.needs_dicom]
-        if not matches:
-            raise MedsegError(f"{path}: cannot tell the output format from the suffix; give fmt= one of "
-                              f"{', '.join(OUTPUT_FORMATS)}")
-        fmt = max(matches, key=lambda n: len(OUTPUT_FORMATS[n].suffix))
+        known = sorted({s for f in OUTPUT_FORMATS.values() for s in (f.suffix, *f.other_suffixes)})
+        raise MedsegError(f"{path}: cannot tell the output format from the file name; end it with one of "
+                          f"{', '.join(known)} or give the format")
     return atomic_write(path, label_writer(labels, scan, fmt, names, version, codes))

@@ -14,8 +14,8 @@ from medseg3d.errors import MedsegError
 from medseg3d.io.dicom import write_dicom_series
 from medseg3d.io.readers import read_scan
 from medseg3d.io.scan import atomic_write_all
-from medseg3d.io.writers import (FORMATS, OUTPUT_FORMATS, check_format, format_help, label_writer, map_format,
-                                 mask_filename, mask_paths, mask_writers, write_labels)
+from medseg3d.io.writers import (FORMATS, OUTPUT_FORMATS, check_format, format_for_path, format_help, label_writer,
+                                 map_format, mask_filename, mask_paths, mask_writers, write_labels)
 
 SHAPE = (30, 26, 12)
 NAMES = {"background": 0, "liver": 1, "liver tumour": 2, "spleen": 3}
@@ -95,8 +95,13 @@ def test_write_labels_tells_the_format_from_the_suffix(tmp_path):
     assert nrrd.read_header(str(seg))["Segment0_Name"] == "liver"  # not a plain NRRD
     plain = write_labels(lab, scan, tmp_path / "a.nrrd", NAMES)
     assert "Segment0_Name" not in nrrd.read_header(str(plain))
-    with pytest.raises(MedsegError, match="cannot tell the output format"):
+    assert [format_for_path(f"x{s}") for s in (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".dcm")] == \
+        ["nifti", "nifti", "nrrd", "seg.nrrd", "mha", "dicom-seg"]
+    with pytest.raises(MedsegError, match="cannot tell the output format from the file name"):
+        write_labels(lab, scan, tmp_path / "a.png", NAMES)
+    with pytest.raises(MedsegError, match="DICOM-SEG output needs a DICOM series"):
         write_labels(lab, scan, tmp_path / "a.dcm", NAMES)
+    assert not list(tmp_path.glob("a.png*")) and not list(tmp_path.glob("*.dcm"))
 
 
 @pytest.mark.parametrize("fmt,suffix", [("nifti", ".nii.gz"), ("mha", ".mha"), ("seg.nrrd", ".seg.nrrd")])
