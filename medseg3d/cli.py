@@ -19,6 +19,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Volumetric-first 3D medical image segmentation (PyTorch + MONAI).")
 
 
+def _format_help() -> str:
+    from .io.writers import format_help
+
+    return "output format: " + format_help()
+
+
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="show Python tracebacks instead of one-line errors")):
     _STATE["debug"] = debug
@@ -97,8 +103,7 @@ def infer(
                                                               "TorchScript file; repeat for an ensemble"),
     output: Path = typer.Option(..., "--output", "-o", help="output folder (or, for one case, a file such as "
                                                           "seg.nii.gz)"),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="label map format: nifti, nrrd, mha or dicom-seg "
-                                                                 "(default: dicom-seg for a DICOM series, else nifti)"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help=_format_help()),
     tta: bool = typer.Option(False, "--tta", help="test-time augmentation: average over the mirrorings training used"),
     save_probs: bool = typer.Option(False, "--save-probs", help="also write CASE_probs.npz (float16 probabilities)"),
     save_uncertainty: Optional[str] = typer.Option(None, "--save-uncertainty",
@@ -118,6 +123,12 @@ def infer(
                                                                 "(e.g. enhancing:necrotic:0.5), or 'none'"),
     domain: Optional[str] = typer.Option(None, "--domain", help="multi-domain model: which domain (default: first)"),
     allow_2d: bool = typer.Option(False, "--allow-2d", help="accept single-slice images for a 3D model"),
+    masks: bool = typer.Option(False, "--masks", help="also write one binary mask per label, OUT/CASE/<label> "
+                                                     "(TotalSegmentator's layout), in the label map's format"),
+    statistics: bool = typer.Option(False, "--statistics", help="add each input channel's mean/median/std inside "
+                                                               "each label to CASE.json; write OUT/statistics.csv"),
+    fast: bool = typer.Option(False, "--fast", help="a quick look: a 1.5x coarser grid, no window overlap, no TTA "
+                                                   "(stated in the report)"),
 ):
     """Segment scans; each label map is written in its scan's exact geometry, with optional probabilities,
     uncertainty, preview and report. Postprocessing flags override the checkpoint's config. A case that fails is
@@ -127,7 +138,7 @@ def infer(
     result = _run(segment_files, inputs, model, output, fmt=fmt, tta=tta, save_probs=save_probs,
                   uncertainty=save_uncertainty, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
                   preview=preview, report=report, channels_per_case=channels_per_case, domain=domain,
-                  allow_2d=allow_2d or None,
+                  allow_2d=allow_2d or None, masks=masks, statistics=statistics, fast=fast,
                   postprocess={"min_component_ml": min_size_ml, "largest_component": largest_component,
                                "fill_holes": fill_holes, "relabel": relabel},
                   log=typer.echo)

@@ -59,6 +59,10 @@ class DataSource(_Strict):
     regions: Optional[dict[str, list[int]]] = Field(
         None, description="region name -> label values, in painting order (largest first), e.g. WT [1,2,4], "
                           "TC [1,4], ET [4]; or 'brats' with data.brats_labels. Metrics are reported per region")
+    codes: Optional[dict[str, Union[str, dict[str, str]]]] = Field(
+        None, description="label name -> its SNOMED CT codes for DICOM-SEG, RTSTRUCT and seg.nrrd: 'SCT:VALUE:MEANING' "
+                          "(the type) or {category: ..., type: ...}; BraTS classes and common anatomy are known "
+                          "by name")
 
     @model_validator(mode="before")
     @classmethod

@@ -391,6 +391,9 @@ class Trainer:
             sums = distributed.gather(weights_checksum(net.state_dict()), d)
             if len(set(sums)) != 1:
                 raise RuntimeError(f"the {d.world_size} training processes ended with different weights")
+            if d.main:
+                print(f"ranks in sync: the {d.world_size} processes hold the same weights (sha256 {sums[0][:12]})",
+                      flush=True)
         if state.stop in cb.SIGNAL_STOPS:
             raise TrainingInterrupted(
                 f"interrupted by {state.stop} at epoch {state.epoch + 1}, iteration {state.iteration}; a checkpoint "

@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional, Sequence
 from ..errors import MedsegError
 from ..io.cases import Case, collect_cases
 from ..io.scan import PathLike, atomic_write_all, image_suffix
-from ..io.writers import FORMATS, check_format, image_writer, label_writer, probabilities_writer
+from ..io.writers import (FORMATS, check_format, format_for_path, image_writer, label_writer, map_format,
+                          mask_paths, mask_writers, output_format, probabilities_writer)
 from ..version import __version__
 from .segmenter import Segmenter, Uncertainty
 
@@ -36,9 +37,11 @@ class CaseOutputs:
     uncertainty: Optional[Path] = None
     preview: Optional[Path] = None
     report: Optional[Path] = None
+    masks: dict[str, Path] = field(default_factory=dict)  # label name -> binary mask file
 
     def paths(self) -> list[Path]:
-        return [p for p in (self.labels, self.probs, self.uncertainty, self.preview, self.report) if p]
+        return [p for p in (self.labels, self.probs, self.uncertainty, self.preview, self.report) if p] + \
+            list(self.masks.values())
 
 
 @dataclass
@@ -46,6 +49,7 @@ class BatchResult:
     written: list[CaseOutputs] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (case name, the one-line reason)
     seconds: float = 0.0
+    statistics: Optional[Path] = None  # the statistics table over the cases (--statistics)
 
     @property
     def ok(self) -> bool:
@@ -54,12 +58,15 @@ class BatchResult:
 
 def _single_file_output(output: Path) -> bool:
     """``-o seg.nii.gz``: the output names a file, not a folder."""
-    return not output.is_dir() and image_suffix(output) in {s for s in FORMATS.values()}
+    return not output.is_dir() and format_for_path(output) is not None
 
 
 def plan_outputs(cases: Sequence[Case], output: Path, fmt: Optional[str], *, save_probs: bool = False,
-                 uncertainty: Optional[str] = None, preview: bool = True, report: bool = True) -> list[CaseOutputs]:
-    """Every output path, checked before any work: none may be an input or lie in an input DICOM folder."""
+                 uncertainty: Optional[str] = None, preview: bool = True, report: bool = True,
+                 masks: Optional[dict[str, int]] = None) -> list[CaseOutputs]:
+    """Every output path, checked before any work: none may be an input or lie in an input DICOM folder, and
+    no two cases may write one file. ``masks`` (the label names) adds one binary mask per label in
+    ``OUT/CASE/``."""
     single = _single_file_output(output)
     if single and len(cases) != 1:
         raise MedsegError(f"{output}: names one file but there are {len(cases)} cases; give an output folder")
@@ -68,20 +75,21 @@ def plan_outputs(cases: Sequence[Case], output: Path, fmt: Optional[str], *, sav
     plans = []
     for case in cases:
         if single:
-            suffix = image_suffix(output)
-            case_fmt = fmt or next(k for k, v in FORMATS.items() if v == suffix)
+            case_fmt = fmt or format_for_path(output)
+            suffix = next(s for s in (FORMATS[case_fmt], *output_format(case_fmt).other_suffixes, image_suffix(output))
+                          if output.name.lower().endswith(s))
             folder, stem = output.parent, output.name[: -len(suffix)]
         else:
             case_fmt = fmt or ("dicom-seg" if case.inputs[0].is_dir() else "nifti")
             folder, stem = output, case.name
-        if case_fmt not in FORMATS:
-            raise MedsegError(f"unknown output format '{case_fmt}'; use one of {', '.join(FORMATS)}")
-        map_ext = FORMATS["nifti" if case_fmt == "dicom-seg" else case_fmt]
+        map_ext = FORMATS[map_format(case_fmt)]
         plan = CaseOutputs(case, case_fmt, folder / f"{stem}{FORMATS[case_fmt]}" if not single else output,
                            probs=folder / f"{stem}_probs.npz" if save_probs else None,
                            uncertainty=folder / f"{stem}_uncertainty{map_ext}" if uncertainty else None,
                            preview=folder / f"{stem}.png" if preview else None,
-                           report=folder / f"{stem}.json" if report else None)
+                           report=folder / f"{stem}.json" if report else None,
+                           masks=mask_paths(masks, folder / stem, output_format(case_fmt).mask_format)
+                           if masks else {})
         for p in plan.paths():
             if p.resolve() in protected or p.resolve().parent in protected:
                 raise MedsegError(f"{p}: would overwrite an input or write into an input DICOM folder; "
@@ -125,16 +133,20 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
                   uncertainty: Optional[Uncertainty] = None, device: str = "auto", overlap: Optional[float] = None,
                   sw_batch_size: Optional[int] = None, preview: bool = True, report: bool = True,
                   channels_per_case: Optional[int] = None, postprocess: Optional[dict[str, Any]] = None,
-                  domain: Optional[str] = None, allow_2d: Optional[bool] = None,
-                  log: Callable[[str], None] = print) -> BatchResult:
+                  domain: Optional[str] = None, allow_2d: Optional[bool] = None, masks: bool = False,
+                  statistics: bool = False, fast: bool = False, log: Callable[[str], None] = print) -> BatchResult:
     """Segment every case named by ``inputs`` with the model(s) and write the outputs into the folder ``output``
     (or, for one case, the file ``output`` such as ``seg.nii.gz``). ``postprocess`` overrides the checkpoint's
     postprocess settings (keys of the config's ``postprocess`` section; None keeps a setting). ``allow_2d``
-    accepts single-slice images for a 3D model (default: only for 2D models). Returns what was written and what
-    failed; ``log`` gets one line per case."""
+    accepts single-slice images for a 3D model (default: only for 2D models). ``masks`` adds one binary mask per
+    label (``OUT/CASE/<label>``); ``statistics`` adds each channel's intensity statistics per label to the
+    reports and writes ``OUT/statistics.csv``; ``fast`` segments on a coarser grid without TTA (see
+    :meth:`Segmenter.fast`). Returns what was written and what failed; ``log`` gets one line per case."""
     t_start = time.perf_counter()
     seg = models if isinstance(models, Segmenter) else Segmenter.from_checkpoint(
         models if isinstance(models, (list, tuple)) else [models], device=device, tta=tta, domain=domain)
+    if fast:
+        log(seg.fast())
     seg.configure(overlap=overlap, sw_batch_size=sw_batch_size)
     if postprocess:
         seg.set_postprocess(**postprocess)
@@ -142,16 +154,29 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
         raise MedsegError(f"unknown uncertainty '{uncertainty}'; use entropy or variance")
     output = Path(output)
     cases = collect_cases(inputs, seg.channels, channels_per_case)
+    if fmt is not None:
+        output_format(fmt)
     plans = plan_outputs(cases, output, fmt, save_probs=save_probs, uncertainty=uncertainty, preview=preview,
-                         report=report)
+                         report=report or statistics, masks=seg.labels if masks else None)
+    table = (plans[0].labels.parent if _single_file_output(output) else output) / "statistics.csv"
+    if statistics and table.resolve() in {p.resolve() for plan in plans for p in plan.paths()}:
+        raise MedsegError(f"{table}: a case would write this file too; choose another output folder")
     created = [d for folder in sorted({p.parent for plan in plans for p in plan.paths()})
                for d in check_writable(folder)]
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # under torchrun every process takes its share of the cases
         plans, created = plans[rank::world], []
     result = BatchResult()
+    rows: list[dict] = []
     try:
-        _segment_all(seg, plans, uncertainty, tta, log, result, allow_2d)
+        _segment_all(seg, plans, uncertainty, tta, log, result, allow_2d, rows if statistics else None)
+        if statistics and rows:
+            from ..io.report import statistics_table
+            from ..io.scan import atomic_write
+
+            result.statistics = atomic_write(table if world == 1 else table.with_name(f"statistics_rank{rank}.csv"),
+                                             statistics_table(rows))
+            log(f"wrote {result.statistics}")
     finally:
         _remove_empty(created)  # a folder made for outputs that never came is not left behind
     result.seconds = time.perf_counter() - t_start
@@ -159,11 +184,11 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
 
 
 def _segment_all(seg: Segmenter, plans: list[CaseOutputs], uncertainty, tta: bool, log,
-                 result: BatchResult, allow_2d: Optional[bool] = None) -> None:
+                 result: BatchResult, allow_2d: Optional[bool] = None, rows: Optional[list] = None) -> None:
     for plan in plans:
         try:
             try:
-                _segment_case(seg, plan, uncertainty, tta, log, allow_2d)
+                _segment_case(seg, plan, uncertainty, tta, log, allow_2d, rows)
             except OSError as e:  # a failed write (disk full, permissions): nothing of the case is left behind
                 raise MedsegError(f"{plan.labels.parent}: writing {plan.case.name}'s outputs failed "
                                   f"({e.strerror or e})") from None
@@ -175,26 +200,36 @@ def _segment_all(seg: Segmenter, plans: list[CaseOutputs], uncertainty, tta: boo
             log(f"{plan.case.name}: FAILED: {e}")
 
 
-def _segment_case(seg: Segmenter, plan: CaseOutputs, uncertainty, tta: bool, log, allow_2d=None) -> None:
-    from ..io.preview import preview_figure
-    from ..io.report import case_report, report_writer
+def _segment_case(seg: Segmenter, plan: CaseOutputs, uncertainty, tta: bool, log, allow_2d=None,
+                  rows: Optional[list] = None) -> None:
+    from ..io.preview import preview_figure, preview_writer
+    from ..io.report import case_report, report_writer, statistics_rows
 
     scan = seg.read(plan.case.inputs, allow_2d=allow_2d)
-    check_format(plan.fmt, scan)
+    for warning in check_format(plan.fmt, scan):  # e.g. blank DICOM UIDs repaired, before any inference
+        log(f"{plan.case.name}: warning: {warning}")
     pred = seg.segment(scan, uncertainty=uncertainty)
-    writers = {plan.labels: label_writer(pred.labels, scan, plan.fmt, seg.labels, __version__)}
+    codes = seg.codes
+    writers = {plan.labels: label_writer(pred.labels, scan, plan.fmt, seg.labels, __version__, codes)}
+    if plan.masks:
+        writers.update(mask_writers(pred.labels, scan, seg.labels, next(iter(plan.masks.values())).parent,
+                                    output_format(plan.fmt).mask_format, codes))
     if plan.probs:
         writers[plan.probs] = probabilities_writer(pred.probabilities, scan, seg.labels, seg.regions)
     if plan.uncertainty:
-        writers[plan.uncertainty] = image_writer(pred.uncertainty, scan, "nifti" if plan.fmt == "dicom-seg" else plan.fmt)
+        writers[plan.uncertainty] = image_writer(pred.uncertainty, scan, map_format(plan.fmt))
     if plan.preview:
-        fig = preview_figure(scan, pred.labels, seg.labels, title=plan.case.name)
-        writers[plan.preview] = lambda tmp, fig=fig: fig.savefig(tmp, dpi=90, format="png")
+        fig = preview_figure(scan, pred.labels, seg.labels, title=plan.case.name, channel_names=seg.channels)
+        writers[plan.preview] = preview_writer(fig)
     if plan.report:
         info = case_report(scan, pred.labels, seg.labels, runtime_s=pred.runtime_s, device=str(seg.device),
                            model={"name": seg.config.model.name, "checkpoints": seg.sources},
-                           outputs=[str(p) for p in plan.paths()], tta=tta, passes=pred.passes)
+                           outputs=[str(p) for p in plan.paths()], tta=seg.tta, passes=pred.passes,
+                           channel_names=seg.channels if rows is not None else None)
+        info["inference"] = seg.describe()
         writers[plan.report] = report_writer(info)
+        if rows is not None:
+            rows += statistics_rows(plan.case.name, info["labels"])
     atomic_write_all(writers)
     log(f"{plan.case.name}: wrote {plan.labels} ({pred.runtime_s:.1f}s on {seg.device}"
         f"{f', {pred.passes} passes' if pred.passes > 1 else ''})")

@@ -138,6 +138,17 @@ class Predictor:
         self.members.append(member)
         return member
 
+    def reconfigure(self, member: Member, config: Config) -> None:
+        """Give a member another config (e.g. a coarser grid); its preprocessing is rebuilt (shared again with
+        members that have the same preprocessing)."""
+        member.config = config
+        member.pre = next((m.pre for m in self.members if m is not member and m.config.preprocess == config.preprocess),
+                          None) or mt.Compose(preprocess_transforms(config, keys=("image",)))
+
+    def describe(self) -> dict:
+        """The window engine(s) of the members (for reports)."""
+        return {"engine": "torch", "precision": "fp32"}
+
     @property
     def sigmoid(self) -> bool:
         return bool(self.members and self.members[0].head.regions)

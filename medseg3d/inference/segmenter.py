@@ -83,6 +83,13 @@ class Segmenter:
         return self.members[0].head
 
     @property
+    def codes(self) -> dict | None:
+        """The SNOMED CT codes the config gives for the labels (of the model's domain), for DICOM writers."""
+        d = self.config.data
+        dom = self.head.domain
+        return d.domains[dom].codes if d.domains and dom in d.domains else d.codes
+
+    @property
     def members(self) -> list[Member]:
         return self.predictor.members
 
@@ -247,19 +254,53 @@ class Segmenter:
         self.last_runtime = pred.runtime_s
         return as_input_kind(pred.labels, scan)
 
+    def _labels_for(self, scan: Scan, labels: Any) -> np.ndarray:
+        """A given label map (any kind ``predict`` returns) on the scan's grid, or a prediction."""
+        if labels is None:
+            return self.segment(scan).labels
+        lab = np.rint(scan_from_image(labels, scan.affine, allow_2d=True).data[0]).astype(np.int32)
+        if lab.shape != scan.shape:
+            raise MedsegError(f"labels have shape {lab.shape} but the image {scan.shape}")
+        return lab
+
     def show(self, image: ImageInput, labels: Any = None, affine: np.ndarray | None = None):
         """A matplotlib Figure (for notebooks): three orthogonal slices through the largest structure with a
-        coloured overlay and a legend. ``labels`` (any kind ``predict`` returns) defaults to a prediction."""
+        coloured overlay and a legend, radiological convention. ``labels`` (any kind ``predict`` returns)
+        defaults to a prediction. The notebook's matplotlib backend is left as it is."""
         from ..io.preview import preview_figure
 
         scan = self.read(image, affine)
-        if labels is None:
-            lab = self.segment(scan).labels
-        else:
-            lab = np.rint(scan_from_image(labels, scan.affine).data[0]).astype(np.int32)
-            if lab.shape != scan.shape:
-                raise MedsegError(f"labels have shape {lab.shape} but the image {scan.shape}")
-        return preview_figure(scan, lab, self.labels)
+        return preview_figure(scan, self._labels_for(scan, labels), self.labels, channel_names=self.channels)
+
+    def statistics(self, image: ImageInput, labels: Any = None, affine: np.ndarray | None = None) -> dict:
+        """Per label name: ``value``, ``voxels``, ``volume_ml``, ``components`` (26-connected) and, per input
+        channel, the ``mean``, ``median`` and ``std`` of its intensities inside the label (``intensity``), as
+        ``medseg3d infer --statistics`` reports. ``labels`` defaults to a prediction."""
+        from ..io.report import statistics
+
+        scan = self.read(image, affine)
+        return statistics(scan, self._labels_for(scan, labels), self.labels, self.channels)
+
+    def fast(self, factor: float = 1.5) -> str:
+        """Switch to a quick look: every member segments on a grid ``factor`` times coarser than the one it was
+        trained on, windows without overlap, no TTA. Returns the sentence the report states."""
+        changes = []
+        for m in self.members:
+            cfg = m.config.model_copy(deep=True)
+            if cfg.preprocess.spacing is not None:
+                cfg.preprocess.spacing = [round(v * factor, 4) for v in cfg.preprocess.spacing]
+                changes.append(f"spacing {'x'.join(f'{v:g}' for v in cfg.preprocess.spacing)} mm")
+            cfg.infer.overlap = 0.0
+            self.predictor.reconfigure(m, cfg)
+        self.tta = False
+        self.fast_mode = (f"fast: a {factor:g}x coarser grid ({', '.join(sorted(set(changes))) or 'native spacing'}),"
+                          f" no window overlap, no TTA")
+        return self.fast_mode
+
+    def describe(self) -> dict[str, Any]:
+        """How inference runs (device, threads, TTA, the fast mode, the window engine), for reports."""
+        return {"device": str(self.device), "threads": torch.get_num_threads(), "tta": self.tta,
+                "fast": getattr(self, "fast_mode", None), **self.predictor.describe()}
 
     def __repr__(self) -> str:
         return (f"Segmenter({self.config.model.name} x{len(self.members)}, channels={self.channels}, "
