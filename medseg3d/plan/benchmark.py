@@ -9,11 +9,12 @@ preprocessed volume, :func:`medseg3d.data.transforms.preprocess_transforms` for 
 own checkpoint writer and progress plot for the per-epoch cost. Each timing is the fastest of a few repeats
 after a warm-up (the fastest is the least disturbed by other processes).
 
-:class:`DeviceCosts` keeps the measurements and answers for any size: a step costs ``a + FLOPs / rate`` with
-``a`` and ``rate`` fitted per (spatial dims, width) from the two largest measured sizes (FLOPs counted on the
-``meta`` device, exact per voxel for a U-Net whose patch divides by its divisor); a width that was not
-measured uses the rate of the nearest measured width (the widest one for wider nets, which are at least as
-efficient). :func:`verify` times one exact configuration and adds it, so a plan can be checked against a
+:class:`DeviceCosts` keeps the measurements and answers for any size: a step costs its FLOPs (counted on the
+``meta`` device, exact per voxel for a U-Net whose patch divides by its divisor) times a per-FLOP cost
+interpolated between the measured sizes of that width, where each size's per-FLOP cost is capped by the
+smaller sizes' (other processes only ever add time, and more work per call is at least as efficient); a
+width that was not measured uses the per-FLOP cost of the nearest measured width (the widest one for wider
+nets, which run at least as efficiently). :func:`verify` times one exact configuration and adds it, so a plan can be checked against a
 real step and re-planned.
 
 The results are cached per device name, torch version and CPU count in ``device_benchmark.json`` under
@@ -157,10 +158,11 @@ class DeviceCosts:
     load: float | None = None        # 1-minute load average while measuring (None where unknown)
 
     # -- bookkeeping --
-    def add(self, kind: str, spec: dict, seconds: float) -> None:
+    def add(self, kind: str, spec: dict, seconds: float, verified: bool = False) -> None:
         key = _spec_key(kind, spec)
         self.measurements = [m for m in self.measurements if _spec_key(m["kind"], m["spec"]) != key]
-        self.measurements.append({"kind": kind, "spec": dict(spec), "seconds": float(seconds)})
+        self.measurements.append({"kind": kind, "spec": dict(spec), "seconds": float(seconds),
+                                  **({"verified": True} if verified else {})})
 
     def get(self, kind: str, spec: dict) -> float | None:
         key = _spec_key(kind, spec)
@@ -174,47 +176,52 @@ class DeviceCosts:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     # -- network costs --
-    def _fit(self, kind: str, dims: int, base: int) -> tuple[float, float] | None:
-        """(overhead seconds, FLOPs per second) of ``kind`` (step/forward) for a width, from the two measured
-        sizes with the most FLOPs; None when that width was not measured."""
-        pts = self._points(kind, dims, base)
-        if not pts:
-            return None
-        (f2, t2) = pts[-1]
-        if len(pts) >= 2:
-            (f1, t1) = pts[-2]
-            if f2 > f1 * 1.2 and t2 > t1:
-                rate = (f2 - f1) / (t2 - t1)
-                a = t2 - f2 / rate
-                if 0 <= a <= 0.5 * t2:
-                    return a, rate
-        return 0.0, f2 / t2
+    def _curve(self, kind: str, dims: int, base: int) -> list[tuple[float, float]]:
+        """(FLOPs, seconds per FLOP) of the measured sizes of a width, by FLOPs. A benchmark size's per-FLOP
+        cost is capped by those of the smaller benchmark sizes (other processes only ever add time, and more
+        work per call is at least as efficient, so the cheapest observation so far is the truest); a size
+        timed by :func:`verify` (a planned configuration) counts as measured."""
+        ms = [m for m in self.measurements
+              if m["kind"] == kind and m["spec"]["dims"] == dims and m["spec"]["base_filters"] == base]
+        ladder, out = [], []
+        for f, t in sorted((step_flops(m["spec"]), m["seconds"]) for m in ms if not m.get("verified")):
+            c = t / f
+            ladder.append((f, min(c, ladder[-1][1]) if ladder else c))
+        out = ladder + [(step_flops(m["spec"]), m["seconds"] / step_flops(m["spec"])) for m in ms if m.get("verified")]
+        return sorted(out)
 
-    def _points(self, kind: str, dims: int, base: int) -> list[tuple[float, float]]:
-        return sorted((step_flops(m["spec"]), m["seconds"]) for m in self.measurements
-                      if m["kind"] == kind and m["spec"]["dims"] == dims and m["spec"]["base_filters"] == base)
+    @staticmethod
+    def _per_flop(curve: list[tuple[float, float]], f: float) -> float:
+        if f <= curve[0][0]:
+            return curve[0][1]
+        if f >= curve[-1][0]:
+            return curve[-1][1]
+        for (f1, c1), (f2, c2) in zip(curve, curve[1:]):
+            if f1 <= f <= f2:
+                w = math.log(f / f1) / math.log(f2 / f1) if f2 > f1 else 1.0
+                return c1 + w * (c2 - c1)
+        return curve[-1][1]  # pragma: no cover
 
     def _model(self, kind: str, spec: dict) -> float:
-        """The measured time of ``spec``, else the fitted curve anchored at the measured size nearest in FLOPs
-        (so a noisy point elsewhere does not move the estimate, and a verified size corrects its
-        neighbours); a width never measured is scaled by FLOPs from the nearest measured width."""
+        """The measured time of ``spec``, else FLOPs x the per-FLOP cost of that width interpolated (in log
+        FLOPs) between its measured sizes (the nearest measured size's outside them); a width never measured
+        takes the per-FLOP cost of the nearest measured width (the widest one for wider nets, which run at
+        least as efficiently)."""
         exact = self.get(kind, spec)
         if exact is not None:
             return exact
         dims, base = spec["dims"], spec["base_filters"]
-        if not self._points(kind, dims, base):
+        curve = self._curve(kind, dims, base)
+        if not curve:
             widths = sorted({m["spec"]["base_filters"] for m in self.measurements
                              if m["kind"] == kind and m["spec"]["dims"] == dims})
             if not widths:
                 raise MedsegError(f"no {kind} timing for {dims}D networks on {self.name}; run the benchmark "
                                   f"for {dims}D")
             near = min(widths, key=lambda w: abs(math.log(w / base))) if base < widths[-1] else widths[-1]
-            other = {**spec, "base_filters": near, "depth": min(spec["depth"], net_depth(spec["patch"], near))}
-            return self._model(kind, other) * step_flops(spec) / step_flops(other)
-        a, rate = self._fit(kind, dims, base)
+            curve = self._curve(kind, dims, near)
         f = step_flops(spec)
-        fv, tv = min(self._points(kind, dims, base), key=lambda p: abs(math.log(p[0] / f)))
-        return tv * (a + f / rate) / (a + fv / rate)
+        return f * self._per_flop(curve, f)
 
     def step_seconds(self, dims: int, base: int, depth: int, patch: Sequence[int], batch: int, in_ch: int,
                      out_ch: int) -> float:
@@ -595,7 +602,7 @@ def verify(costs: DeviceCosts, specs: Sequence[tuple[str, dict]], timer: Timer |
     for kind, spec in specs:
         predicted = costs._model(kind, spec)
         if costs.get(kind, spec) is None:
-            costs.add(kind, spec, float(timer(kind, {**spec, "threads": costs.threads})))
+            costs.add(kind, spec, float(timer(kind, {**spec, "threads": costs.threads})), verified=True)
         out.append((predicted, costs.get(kind, spec)))
     if cache:
         save_costs(costs, cache_dir=cache_dir)

@@ -55,6 +55,8 @@ VAL_SHARE = 0.10
 FINAL_VAL_FACTOR = 1.25
 #: per-epoch bookkeeping at most this share of an epoch
 EPOCH_OVERHEAD_SHARE = 0.05
+#: at least this many iterations per epoch (the demo's 25)
+MIN_EPOCH = 25
 #: nnU-Net's schedule when there is no budget
 NNUNET_EPOCHS, NNUNET_ITERS = 1000, 250
 #: plans with at least this many steps may afford spatial augmentation
@@ -131,8 +133,8 @@ def target_spacing(fp: dict) -> tuple[list[float], str, int | None]:
                f">= {min(median_shape[others]):.0f} voxels, so it gets the 10th percentile of its spacings "
                f"({p10:.3g} mm), nnU-Net's rule")
         target[worst] = new
-        return [round(float(v), 5) for v in target], why, worst
-    return [round(float(v), 5) for v in target], why, None
+        return [round(float(v), 3) for v in target], why, worst
+    return [round(float(v), 3) for v in target], why, None
 
 
 def planned_geometry(fp: dict) -> dict[str, Any]:
@@ -406,8 +408,8 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
         add("threads", costs.threads, "fastest reference step: " + ", ".join(
             f"{k} thread{'s' if k != '1' else ''} {v:.3f} s" for k, v in thr.items()), "train.threads")
     add("iterations", iters, steps_because, "train.iterations")
-    add("epoch length", ipe, f"iterations per epoch so that last.pt + progress.png "
-        f"({chosen['overhead_s']:.2f} s) stay under {EPOCH_OVERHEAD_SHARE:.0%} of an epoch"
+    add("epoch length", ipe, f"iterations per epoch: at least {MIN_EPOCH}, and enough that last.pt + "
+        f"progress.png ({chosen['overhead_s']:.2f} s) stay under {EPOCH_OVERHEAD_SHARE:.0%} of an epoch"
         if budget_s is not None else "nnU-Net's 250", "train.iters_per_epoch")
     add("optimizer", lr_opt[0], lr_opt[2], "train.optimizer")
     add("learning rate", lr_opt[1], "poly (power 0.9) over the planned steps", "train.lr")
@@ -490,7 +492,7 @@ def _schedule(c: dict, avail: float, budget_s: float) -> dict:
     """Steps, epoch length, validation passes for candidate ``c`` in ``avail`` seconds (final validation
     included)."""
     t, over = c["step_s"], c["overhead_s"]
-    ipe = int(min(250, max(10, math.ceil(over / (EPOCH_OVERHEAD_SHARE * max(t, 1e-9))))))
+    ipe = int(min(250, max(MIN_EPOCH, math.ceil(over / (EPOCH_OVERHEAD_SHARE * max(t, 1e-9))))))
     room = avail - c["final_val_s"]
     val_allowed = int(VAL_SHARE * budget_s / max(c["val_s"], 1e-9))
     steps = int(max(0.0, room) / (t + over / ipe))
