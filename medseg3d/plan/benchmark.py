@@ -178,17 +178,18 @@ class DeviceCosts:
     # -- network costs --
     def _curve(self, kind: str, dims: int, base: int) -> list[tuple[float, float]]:
         """(FLOPs, seconds per FLOP) of the measured sizes of a width, by FLOPs. A benchmark size's per-FLOP
-        cost is capped by those of the smaller benchmark sizes (other processes only ever add time, and more
-        work per call is at least as efficient, so the cheapest observation so far is the truest); a size
-        timed by :func:`verify` (a planned configuration) counts as measured."""
-        ms = [m for m in self.measurements
-              if m["kind"] == kind and m["spec"]["dims"] == dims and m["spec"]["base_filters"] == base]
-        ladder, out = [], []
-        for f, t in sorted((step_flops(m["spec"]), m["seconds"]) for m in ms if not m.get("verified")):
-            c = t / f
-            ladder.append((f, min(c, ladder[-1][1]) if ladder else c))
-        out = ladder + [(step_flops(m["spec"]), m["seconds"] / step_flops(m["spec"])) for m in ms if m.get("verified")]
-        return sorted(out)
+        cost is capped by those of every smaller size (other processes only ever add time, and more work per
+        call is at least as efficient, so the cheapest observation so far is the truest); a size timed by
+        :func:`verify` (a planned configuration) is kept as measured."""
+        pts = sorted((step_flops(m["spec"]), m["seconds"] / step_flops(m["spec"]), bool(m.get("verified")))
+                     for m in self.measurements
+                     if m["kind"] == kind and m["spec"]["dims"] == dims and m["spec"]["base_filters"] == base)
+        out: list[tuple[float, float]] = []
+        cheapest = math.inf
+        for f, c, verified in pts:
+            out.append((f, c if verified else min(c, cheapest)))
+            cheapest = min(cheapest, c)
+        return out
 
     @staticmethod
     def _per_flop(curve: list[tuple[float, float]], f: float) -> float:
@@ -291,10 +292,18 @@ def _sync(device: torch.device) -> None:
 
 
 def _fastest(fn: Callable[[], Any], device: torch.device, min_total: float = 0.3, max_reps: int = 4) -> float:
-    """Warm up once, then the fastest of 2..max_reps runs (more runs while the total is under min_total s)."""
+    """Warm up once, then the fastest of 2..max_reps runs (more runs while the total is under min_total s);
+    a call slower than a second gets one timed run after the warm-up (the warm-up counts as a run then)."""
+    t0 = time.perf_counter()
     fn()
     _sync(device)
+    warm = time.perf_counter() - t0
     times: list[float] = []
+    if warm > 1.0:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return min(warm, time.perf_counter() - t0)
     while len(times) < 2 or (len(times) < max_reps and sum(times) < min_total):
         t0 = time.perf_counter()
         fn()

@@ -398,8 +398,8 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
            f"{chosen['score']:.2f}, best that reaches the wanted steps"), "train.patch_size")
     add("depth", depth, f"pool while the smallest patch axis ({min(patch)}) is >= 8 (bottom "
         f"{min(patch) // 2 ** depth}), at most 512 bottom channels; divisor {2 ** depth}", "model.params.depth")
-    add("width", base, f"{chosen['params'] / 1e6:.2f} M parameters; step {chosen['step_s']:.3f} s measured on "
-        f"{costs.name}" + (" (nnU-Net's 32)" if budget_s is None else ""), "model.params.base_filters")
+    add("width", base, f"{chosen['params'] / 1e6:.2f} M parameters; a step takes {chosen['step_s']:.3f} s on "
+        f"{costs.name} (benchmark)" + (" (nnU-Net's 32)" if budget_s is None else ""), "model.params.base_filters")
     add("batch", batch, "nnU-Net's minimum of 2" if dims == 3 and batch == 2 else
         f"{batch} per step ({'slices' if dims == 2 else 'patches'})", "train.batch_size")
     thr = costs.thread_seconds
@@ -413,13 +413,27 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
         if budget_s is not None else "nnU-Net's 250", "train.iters_per_epoch")
     add("optimizer", lr_opt[0], lr_opt[2], "train.optimizer")
     add("learning rate", lr_opt[1], "poly (power 0.9) over the planned steps", "train.lr")
-    add("validation", val_every, f"every {val_every} epoch(s): {passes} pass(es) of {chosen['val_s']:.1f} s "
-        f"({len(val_ids)} validation case(s), {est['validation']:.0f} s <= {VAL_SHARE:.0%} of "
-        f"{'the budget' if budget_s is not None else 'training'}) + the final one", "train.val_every")
+    share = f"{VAL_SHARE:.0%} of {'the budget' if budget_s is not None else 'training'}"
+    if passes:
+        val_because = (f"every {val_every} epoch(s): {passes} pass(es) of {chosen['val_s']:.1f} s over "
+                       f"{len(val_ids)} validation case(s) = {est['validation']:.0f} s <= {share}, then the final one")
+    else:
+        val_because = (f"only the final validation: a pass over {len(val_ids)} validation case(s) takes "
+                       f"{chosen['val_s']:.1f} s and more would exceed {share}")
+    add("validation", val_every, val_because, "train.val_every")
     add("overlap", chosen["overlap"], f"a validation pass at this overlap takes {chosen['val_s']:.1f} s",
         "infer.overlap")
     add("windows per forward", sw_batch, f"default for a {'CPU' if on_cpu else 'GPU'} "
         f"({'slices' if dims == 2 else 'windows'} per network call)", "infer.sw_batch_size")
+
+    # the smallest structure at the target spacing (reported: what the spacing leaves of it)
+    small = [(n, c) for n, c in (fp.get("classes") or {}).items() if c.get("object_ml_median")]
+    if small:
+        n, c = min(small, key=lambda nc: nc[1]["object_ml_median"])
+        vox_ml = math.prod(spacing) / 1000.0
+        add("smallest structure", n, f"its median object is {c['object_ml_median']:.2g} ml = "
+            f"{c['object_ml_median'] / vox_ml:.0f} voxels at the target spacing (smallest "
+            f"{c['object_ml_min']:.2g} ml); median {c['fraction']:.2%} of an image")
 
     # augmentation
     spatial = chosen["spatial"]
