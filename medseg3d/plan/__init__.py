@@ -80,13 +80,13 @@ def plan_dataset(dataset: str | Path, budget: str | float | None = None, device:
 
 def plan_command(dataset: str | Path, budget: str | float | None = None, device: str = "auto",
                  output: str | Path | None = None, echo: Callable[[str], Any] = print, verbose: bool = False,
-                 refresh: bool = False) -> int:
+                 refresh: bool = False, cache_dir: str | Path | None = None, timer=None) -> int:
     """``medseg3d plan DATASET [--budget 3m] [--device auto] [-o plan.yaml]``: plan, print the decisions, write
     the commented config (default ``<dataset folder name>_plan.yaml`` in the current folder). ``verbose``
     also prints every timing; ``refresh`` re-measures the device. Returns the exit code (a MedsegError is
     printed as ``error: ...`` and gives 1)."""
     try:
-        plan = plan_dataset(dataset, budget, device, refresh=refresh,
+        plan = plan_dataset(dataset, budget, device, refresh=refresh, cache_dir=cache_dir, timer=timer,
                             log=lambda s: echo(s) if verbose or not s.startswith("  ") else None)
         out = Path(output) if output else Path(f"{plan.config['name']}.yaml")
         echo(format_decisions(plan))

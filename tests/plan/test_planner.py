@@ -214,3 +214,21 @@ def test_planned_config_trains_on_data_samples(tmp_path):
     rows = list(csv.DictReader(open(run / "log.csv")))
     assert rows[-1]["iterations"] == "2" and (run / "best.pt").is_file()
     assert (run / "validation_metrics.csv").is_file()
+
+
+def test_plan_command_writes_the_config_and_prints_the_table(tmp_path, capsys):
+    from medseg3d.plan import plan_command
+
+    lines = []
+    out = tmp_path / "plan.yaml"
+    assert plan_command(SAMPLES, "90s", "cpu", out, echo=lines.append, cache_dir=tmp_path / "cache",
+                        timer=fake_timer()) == 0
+    text = "\n".join(lines)
+    assert "decision" in text and "iterations" in text and f"wrote {out}" in text
+    assert load_config(out).train.budget is not None
+    assert plan_command(SAMPLES, "3 parsecs", "cpu", tmp_path / "x.yaml", echo=lines.append,
+                        cache_dir=tmp_path / "cache", timer=fake_timer()) == 1
+    assert "error: --budget" in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
+    assert plan_command(tmp_path / "missing", "90s", echo=lines.append, cache_dir=tmp_path / "cache",
+                        timer=fake_timer()) == 1
+    assert "dataset folder not found" in capsys.readouterr().err
