@@ -244,8 +244,8 @@ class DeviceCosts:
         if not ms:
             raise MedsegError(f"no augmentation timing for {dims}D on {self.name}; run the benchmark for {dims}D")
         plain = sorted((m for m in ms if not m["spec"]["spatial"]), key=lambda m: math.prod(m["spec"]["patch"]))
-        vol = lambda m: math.prod(m["spec"]["volume"])  # noqa: E731
-        pv = lambda m: math.prod(m["spec"]["patch"]) * m["spec"]["channels"]  # noqa: E731
+        vol = lambda m: math.prod(m["spec"]["volume"])
+        pv = lambda m: math.prod(m["spec"]["patch"]) * m["spec"]["channels"]
         if len(plain) >= 2 and pv(plain[-1]) > pv(plain[0]) and vol(plain[-1]) == vol(plain[0]):
             c_patch = max((plain[-1]["seconds"] - plain[0]["seconds"]) / (pv(plain[-1]) - pv(plain[0])), 0.0)
             c_vol = max(plain[-1]["seconds"] - c_patch * pv(plain[-1]), 0.0) / vol(plain[-1])

@@ -257,7 +257,10 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
     costs = device_costs
     decisions: list[Decision] = []
     extras: dict[str, Any] = {}
-    add = lambda *a, **k: decisions.append(Decision(*a, **k))  # noqa: E731
+
+    def add(*a, **k) -> None:
+        decisions.append(Decision(*a, **k))
+
     n_cases = len(fp["cases"])
     labels = fp["labels"]
     channels = [c["name"] for c in fp["channels"]]
@@ -310,7 +313,7 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
     else:
         rel = float(np.median([math.prod(c["crop_shape_ras"]) / max(c["voxels"], 1) for c in fp["cases"]]))
         normalize = "zscore_nonzero" if rel < 0.75 else "zscore"
-        add("normalisation", normalize, f"MRI-like intensities (no channel CT-like): z-score per image"
+        add("normalisation", normalize, "MRI-like intensities (no channel CT-like): z-score per image"
             + (f", inside the nonzero mask: the foreground crop keeps {rel:.0%} of the median image (< 75%)"
                if rel < 0.75 else f" over all voxels: the foreground crop keeps {rel:.0%} of the median image"),
             "preprocess.normalize")
@@ -563,5 +566,5 @@ def _larger_window(s: _Setting, patch: Sequence[int], depth: int) -> tuple[int, 
     """A window about 1.5x the patch per axis (a multiple of the divisor), no larger than the median image."""
     div = 2 ** depth
     cap = [_roundup(m, div) for m in s.median]
-    w = tuple(min(max(_roundup(p * 1.5, div), p), c if c >= p else p) for p, c in zip(patch, cap))
+    w = tuple(min(max(_roundup(p * 1.5, div), p), max(c, p)) for p, c in zip(patch, cap))
     return w if w != tuple(patch) else None

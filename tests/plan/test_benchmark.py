@@ -11,7 +11,7 @@ from medseg3d.models import build_model
 from medseg3d.plan.benchmark import (DeviceCosts, flops_per_voxel, measure_device, net_depth, real_timer, step_flops,
                                      thread_candidates, verify)
 
-from fake_costs import SEC_PER_FLOP, fake_timer  # noqa: E402
+from fake_costs import SEC_PER_FLOP, fake_timer
 
 
 def test_flops_per_voxel_is_the_counted_forward():
@@ -73,7 +73,7 @@ def test_cost_model_interpolates_and_verify_anchors(tmp_path):
     spec = {"dims": 3, "base_filters": 8, "depth": 4, "patch": [64, 64, 64], "batch": 2, "in_channels": 1,
             "out_channels": 2}
     before = costs.step_seconds(3, 8, 4, [64, 64, 80], 2, 1, 2)
-    [(predicted, measured)] = verify(costs, [("step", spec)], timer=lambda k, s: 10.0, cache=False)
+    [(_, measured)] = verify(costs, [("step", spec)], timer=lambda k, s: 10.0, cache=False)
     assert measured == 10.0 and costs.step_seconds(3, 8, 4, [64, 64, 64], 2, 1, 2) == 10.0
     assert costs.step_seconds(3, 8, 4, [64, 64, 80], 2, 1, 2) > 2 * before
     # the cached form round-trips

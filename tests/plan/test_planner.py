@@ -17,7 +17,7 @@ from medseg3d.plan import format_decisions, make_plan, measure_device, plan_data
 from medseg3d.plan.normalization import CTNormalized, ct_normalize
 from medseg3d.plan.planner import n_windows, steps_wanted, target_spacing
 
-from fake_costs import fake_timer  # noqa: E402  (tests/plan/conftest.py puts it on the path)
+from fake_costs import fake_timer  # tests/plan/conftest.py puts it on the path
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 
@@ -105,7 +105,7 @@ def test_anisotropic_spacing_takes_the_coarse_axis_rule_and_slices(costs2d):
 def test_nnunet_rule_needs_fewer_voxels_on_the_coarse_axis_too():
     # 3x coarser spacing but as many voxels along it: the median stays
     fp = synthetic_fp([1.0, 1.0, 4.0], [64, 64, 64])
-    spacing, why, axis = target_spacing(fp)
+    spacing, _, axis = target_spacing(fp)
     assert axis is None and spacing == pytest.approx([1.0, 1.0, 4.0])
 
 
@@ -211,7 +211,8 @@ def test_planned_config_trains_on_data_samples(tmp_path):
     cfg = load_config(out, [f"output_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
                             "train.iterations=2", "train.budget=null", "train.tensorboard=false"])
     run = medseg3d.train(cfg)
-    rows = list(csv.DictReader(open(run / "log.csv")))
+    with open(run / "log.csv") as f:
+        rows = list(csv.DictReader(f))
     assert rows[-1]["iterations"] == "2" and (run / "best.pt").is_file()
     assert (run / "validation_metrics.csv").is_file()
 
