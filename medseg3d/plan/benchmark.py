@@ -269,6 +269,12 @@ class DeviceCosts:
         m = ms[-1]
         return m["seconds"] / (math.prod(m["spec"]["volume"]) * m["spec"]["channels"]) * voxels_times_channels
 
+    def startup_seconds(self, default: float = 5.0) -> float:
+        """Before a run's training loop: the measured import of the trainer in a fresh interpreter, plus 2 s
+        for reading the case list, building the model and the first batch (``default`` when not measured)."""
+        t = self.get("startup", {})
+        return default if t is None else t + 2.0
+
     def epoch_overhead_seconds(self, parameters: int) -> float:
         """What the trainer does once per epoch besides training: writing last.pt (weights + Adam's two
         moments) and progress.png."""
@@ -431,6 +437,20 @@ def _time_progress_png(spec: dict, device: torch.device) -> float:
                         min_total=0.0, max_reps=2)
 
 
+def _time_startup(spec: dict, device: torch.device) -> float:
+    """A fresh interpreter importing the trainer (torch, MONAI, medseg3d), once: what every run pays before
+    its training loop starts."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import medseg3d.engine.trainer"], env=env, check=True,
+                   capture_output=True)
+    return time.perf_counter() - t0
+
+
 def _time_checkpoint(spec: dict, device: torch.device) -> float:
     import tempfile
 
@@ -445,7 +465,7 @@ def _time_checkpoint(spec: dict, device: torch.device) -> float:
 _TIMINGS: dict[str, Callable[[dict, torch.device], float]] = {
     "step": lambda s, d: _time_net(s, d, True), "forward": lambda s, d: _time_net(s, d, False),
     "augment": _time_augment, "preprocess": _time_preprocess, "progress_png": _time_progress_png,
-    "checkpoint": _time_checkpoint,
+    "checkpoint": _time_checkpoint, "startup": _time_startup,
 }
 
 
@@ -580,6 +600,7 @@ def measure_device(device: str | torch.device = "auto", dims: Sequence[int] = (3
     run("preprocess", {"volume": [64, 64, 64], "channels": in_channels}, force=True)
     run("progress_png", {}, force=True)
     run("checkpoint", {"bytes": 8_000_000}, force=True)
+    run("startup", {}, force=True)
     if cache and measured:
         save_costs(costs, path)
     return costs

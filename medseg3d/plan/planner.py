@@ -18,7 +18,7 @@ at hand. Every choice is a :class:`Decision` with the number behind it:
   ``log2(coverage) + log2(width) + 0.25 log2(batch)`` (coverage: share of the median image inside a patch,
   at most 1); the winner trains for as many steps as the budget leaves. Without a budget the plan is nnU-Net's
   (1000 epochs x 250 iterations, width 32, the patch capped at 128^3 voxels) with its estimated time here.
-- **budget accounting**: startup, preprocessing (the fingerprint's read times + the measured resampling
+- **budget accounting**: startup (a fresh interpreter importing the trainer, measured, + 2 s), preprocessing (the fingerprint's read times + the measured resampling
   rate), validation passes (at most 10 % of the budget: sliding windows over the validation cases of fold 0
   times the measured window cost), the final validation (the same plus 25 % for HD95) and the per-epoch
   checkpoint and plot are taken off the budget before the training steps are counted; ``train.budget`` is
@@ -45,7 +45,7 @@ import numpy as np
 from ..errors import MedsegError
 from .benchmark import DeviceCosts, net_depth, parameter_count, unet_params
 
-#: seconds for imports, reading the case list, building the model and the first batch
+#: seconds for imports, reading the case list, building the model and the first batch when not measured
 STARTUP_S = 5.0
 #: share of the budget kept free for what the estimates miss
 MARGIN = 0.05
@@ -322,6 +322,7 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
     total_in = sum(c["voxels"] * len(channels) for c in fp["cases"])
     read_s = sum(c.get("read_seconds", 0.0) for c in fp["cases"])
     pre_s = read_s + costs.preprocess_seconds(total_in)
+    startup = costs.startup_seconds(STARTUP_S)
     spent = float(spent_s)
 
     lad = LADDER[dims]
@@ -352,7 +353,7 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
         n_val_allowed = max(0, int(VAL_SHARE * train_s / max(chosen["val_s"], 1e-9)))
         val_every = max(1, math.ceil((epochs - 1) / n_val_allowed)) if n_val_allowed else epochs
         passes = (epochs - 1) // val_every
-        est = {"startup": STARTUP_S, "preprocess": pre_s, "training": train_s,
+        est = {"startup": startup, "preprocess": pre_s, "training": train_s,
                "validation": passes * chosen["val_s"], "final_validation": chosen["final_val_s"],
                "epoch_overhead": epochs * chosen["overhead_s"]}
         lr_opt = ("sgd", 0.01, "nnU-Net's SGD (momentum 0.99, Nesterov) with poly decay over "
@@ -361,20 +362,20 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
         train_budget = None
     else:
         want = steps_wanted(budget_s)
-        avail = budget_s - spent - STARTUP_S - pre_s - MARGIN * budget_s
+        avail = budget_s - spent - startup - pre_s - MARGIN * budget_s
         chosen = _fit_budget(evaluate, patches, lad, avail, budget_s, want, 0.5)
         if chosen is None or chosen["final_val_s"] > VAL_SHARE * budget_s:  # fewer windows
             chosen = _fit_budget(evaluate, patches, lad, avail, budget_s, want, 0.25) or chosen
         if chosen is None:
             chosen = _smallest(evaluate, patches, lad, avail, budget_s)
         if chosen["steps"] < 20:
-            need = spent + STARTUP_S + pre_s + chosen["final_val_s"] + 20 * chosen["step_s"]
+            need = spent + startup + pre_s + chosen["final_val_s"] + 20 * chosen["step_s"]
             raise MedsegError(f"a budget of {budget_s:.0f} s is too small for {fp.get('root', 'this dataset')} on "
                               f"{costs.name}: startup, preprocessing and the final validation alone take about "
                               f"{need - 20 * chosen['step_s']:.0f} s; give at least {math.ceil(need / 0.9):.0f} s")
         iters, ipe, epochs, passes, val_every = (chosen["steps"], chosen["ipe"], chosen["epochs"],
                                                  chosen["passes"], chosen["val_every"])
-        est = {"startup": STARTUP_S, "preprocess": pre_s, "training": iters * chosen["step_s"],
+        est = {"startup": startup, "preprocess": pre_s, "training": iters * chosen["step_s"],
                "validation": passes * chosen["val_s"], "final_validation": chosen["final_val_s"],
                "epoch_overhead": epochs * chosen["overhead_s"]}
         short = iters <= 2000
@@ -384,7 +385,7 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
         steps_because = (f"{budget_s:.0f} s budget: {avail - est['validation'] - est['epoch_overhead']:.0f} s "
                          f"for training at {chosen['step_s']:.3f} s/step (measured step + augmentation of "
                          f"{chosen['batch']}); the plan wanted >= {want}")
-        train_budget = max(1.0, budget_s - spent - STARTUP_S - chosen["final_val_s"])
+        train_budget = max(1.0, budget_s - spent - startup - chosen["final_val_s"])
         if chosen["steps"] < want:
             steps_because += f" (the budget is too small for {want}; this is the smallest candidate)"
 
@@ -460,7 +461,8 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
             extras["infer.window_size"] = list(bigger)
 
     if budget_s is not None:
-        add("budget", f"{budget_s:.0f} s", f"startup {STARTUP_S:.0f} s + preprocessing {pre_s:.1f} s + training "
+        add("budget", f"{budget_s:.0f} s", f"startup {startup:.0f} s (measured imports + 2 s) + preprocessing "
+            f"{pre_s:.1f} s + training "
             f"{est['training']:.0f} s + validation {est['validation']:.0f} s + final validation "
             f"{est['final_validation']:.0f} s + epoch bookkeeping {est['epoch_overhead']:.0f} s = "
             f"{est['total']:.0f} s; train.budget {train_budget:.0f} s stops a slower run in time", "train.budget")

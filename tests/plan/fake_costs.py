@@ -21,6 +21,8 @@ def fake_timer(calls=None, best_threads=1):
             return 1e-8 * math.prod(spec["volume"]) + (2e-8 + extra) * math.prod(spec["patch"]) * spec["channels"]
         if kind == "preprocess":
             return 5e-8 * math.prod(spec["volume"]) * spec["channels"]
+        if kind == "startup":
+            return 4.0
         if kind == "progress_png":
             return 0.3
         if kind == "checkpoint":
