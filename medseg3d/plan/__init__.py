@@ -35,12 +35,14 @@ def planned_specs(plan: Plan) -> list[tuple[str, dict]]:
 
 def plan_dataset(dataset: str | Path, budget: str | float | None = None, device: str = "auto", *,
                  cache: bool = True, cache_dir: str | Path | None = None, spent_s: float = 0.0,
-                 timer=None, check: bool = True, refresh: bool = False,
+                 timer=None, check: bool = True, refresh: bool = False, count_planning: bool = False,
                  log: Callable[[str], None] | None = None) -> Plan:
     """Fingerprint ``dataset``, benchmark ``device``, plan for ``budget`` ('3m', '90s', seconds, or None for
     a quality plan) and, with ``check``, time the planned step and window for real (when predicted under
-    3 s) and re-plan (at most twice) when the cost model was more than 25 % off. ``refresh`` re-measures the device instead of using its cached
-    timings."""
+    3 s) and re-plan (at most twice) when the cost model was more than 25 % off. ``refresh`` re-measures the
+    device instead of using its cached timings. ``count_planning`` takes the time spent fingerprinting and
+    benchmarking off the budget too (for ``medseg3d train DATASET --budget``, where planning and training
+    share one budget)."""
     from ..config import parse_duration
     from ..data.datasets import load_dataset
     from ..data.fingerprint import fingerprint
@@ -62,7 +64,8 @@ def plan_dataset(dataset: str | Path, budget: str | float | None = None, device:
                            log=say, refresh=refresh)
     plan = None
     for _ in range(3):
-        plan = make_plan(fp, costs, budget_s, device, spent_s=spent_s)
+        spent = spent_s + (time.monotonic() - t0 if count_planning else 0.0)
+        plan = make_plan(fp, costs, budget_s, device, spent_s=spent)
         if not check:
             break
         specs = [(k, sp) for k, sp in planned_specs(plan) if costs._model(k, sp) <= VERIFY_MAX_S]

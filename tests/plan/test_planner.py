@@ -233,3 +233,12 @@ def test_plan_command_writes_the_config_and_prints_the_table(tmp_path, capsys):
     assert plan_command(tmp_path / "missing", "90s", echo=lines.append, cache_dir=tmp_path / "cache",
                         timer=fake_timer()) == 1
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_time_already_spent_comes_off_the_budget(tmp_path, costs3d):
+    fp = synthetic_fp([2.0, 2.0, 2.0], [96, 112, 96])
+    fresh, late = make_plan(fp, costs3d, 300, "cpu"), make_plan(fp, costs3d, 300, "cpu", spent_s=60)
+    assert late.estimate["spent"] == 60 and late.estimate["total"] <= 300
+    assert late.estimate["training"] < fresh.estimate["training"]
+    cut = int(fresh.config["train"]["budget"][:-1]) - int(late.config["train"]["budget"][:-1])
+    assert 55 <= cut <= 65  # 60 s, give or take the two plans' final validations
