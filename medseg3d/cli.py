@@ -83,7 +83,7 @@ def train(
         from .plan import plan_and_train
 
         out = _run(plan_and_train, config, budget=budget, device=device, overrides=list(set_ or []),
-                   run_dir=run_dir, started_at=_STARTED)
+                   run_dir=run_dir, started_at=_STARTED, log=typer.echo)
     else:
         from .engine.trainer import train as _train
 
@@ -91,6 +91,25 @@ def train(
         out = _run(_train, config, overrides, run_dir, resume, started_at=_STARTED)
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"done: {out}")
+
+
+@app.command()
+def plan(
+    dataset: Path = typer.Argument(..., help="dataset folder (MSD, nnU-Net v2 raw or BraTS folders)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="wall clock for `medseg3d train` of the plan, e.g. "
+                                                                "3m, 2h (default: plan for quality, as nnU-Net)"),
+    device: str = typer.Option("auto", "--device", help="plan for auto, cpu or cuda"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="config file to write "
+                                                                      "(default: <dataset name>.yaml here)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print every timing"),
+    rebenchmark: bool = typer.Option(False, "--rebenchmark", help="measure this device again (it is cached)"),
+):
+    """Fit a config to a dataset, this machine and a time budget: fingerprint the data, time candidate networks
+    here, print each decision with the number behind it and write a commented config to train."""
+    from .plan import plan_command
+
+    raise typer.Exit(plan_command(dataset, budget, device, output, echo=typer.echo, verbose=verbose,
+                                  refresh=rebenchmark))
 
 
 @app.command()

@@ -155,11 +155,31 @@ class DataConfig(DataSource):
         return dict(self.domains) if self.domains else {"": self}
 
 
+class IntensityStats(_Strict):
+    lower: float
+    upper: float
+    mean: float
+    std: float = Field(gt=0)
+
+
 class PreprocessConfig(_Strict):
     orientation: str = Field("RAS", description="axis codes every case is reoriented to")
     spacing: Optional[list[float]] = Field(None, description="target voxel spacing in mm; null keeps each case's")
     crop_foreground: bool = Field(True, description="crop to the bounding box of nonzero voxels")
-    normalize: Literal["zscore_nonzero", "zscore", "none"] = "zscore_nonzero"
+    normalize: Literal["zscore_nonzero", "zscore", "ct", "none"] = Field(
+        "zscore_nonzero", description="per image and channel: z-score inside the nonzero voxels, z-score, or 'ct': "
+                                      "clip to the dataset's [lower, upper] and z-score with its mean/std "
+                                      "(preprocess.intensity_stats, as nnU-Net's CT normalisation)")
+    intensity_stats: Optional[list[IntensityStats]] = Field(
+        None, description="normalize 'ct': per channel the dataset's foreground p0.5 (lower), p99.5 (upper), mean "
+                          "and std (`medseg3d plan` measures them)")
+
+    @model_validator(mode="after")
+    def _ct(self):
+        if self.normalize == "ct" and not self.intensity_stats:
+            raise ValueError("preprocess.normalize 'ct' needs preprocess.intensity_stats (one {lower, upper, mean, "
+                             "std} per channel; `medseg3d plan` writes them)")
+        return self
 
     @field_validator("orientation")
     @classmethod
@@ -269,6 +289,16 @@ class InferConfig(_Strict):
     overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = Field(2, ge=1)
     blend: Literal["gaussian", "constant"] = "gaussian"
+    window_size: Optional[list[int]] = Field(
+        None, description="sliding-window size (3D; a multiple of the network's divisor); default train.patch_size. "
+                          "`medseg3d plan` proposes a larger one where that is faster")
+
+    @field_validator("window_size")
+    @classmethod
+    def _window(cls, v):
+        if v is not None and (len(v) != 3 or any(s < 1 for s in v)):
+            raise ValueError("must be three positive integers")
+        return v
 
 
 class RelabelConfig(_Strict):

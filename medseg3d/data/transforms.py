@@ -92,7 +92,11 @@ def preprocess_transforms(cfg: Config, label_values: Sequence[int] | None = None
         out.append(mt.CropForegroundd(keys=list(keys), source_key="image", select_fn=nonzero, allow_smaller=True,
                                       start_coord_key=None, end_coord_key=None))  # no per-case arrays: cached and
         # fresh cases must collate into one batch
-    if p.normalize != "none":
+    if p.normalize == "ct":
+        from .normalization import CTNormalized
+
+        out.append(CTNormalized(keys="image", stats=[s.model_dump() for s in p.intensity_stats]))
+    elif p.normalize != "none":
         out.append(mt.NormalizeIntensityd(keys="image", nonzero=p.normalize == "zscore_nonzero", channel_wise=True))
     if has_label and label_values is not None and list(label_values) != list(range(len(label_values))):
         out.append(mt.MapLabelValued(keys="label", orig_labels=list(label_values),

@@ -119,8 +119,9 @@ class Trainer:
     is when the command began: the budget counts from there."""
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
-                 started_at: float | None = None):
+                 started_at: float | None = None, extra_files: dict[str, str] | None = None):
         self.started_at = time.monotonic() if started_at is None else started_at
+        self.extra_files = dict(extra_files or {})  # written into the run folder with config.yaml (a plan)
         self.dist, self.device = distributed.from_env(pick_device(cfg.train.device))
         self.domains: list[DomainData] = []
         region_mode = cfg.data.target == "regions"
@@ -299,6 +300,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
             (self.run_dir / "splits.json").write_text(json.dumps(self._splits_json, indent=1))
+            for name, text in self.extra_files.items():
+                (self.run_dir / name).write_text(text)
 
         net = self._build_model()
         opt = self._optimizer(net)

@@ -75,7 +75,8 @@ def _sliding_window(model, image, cfg, device, out_device, domain=None, window_f
 
                 return predict_logits_slices(net, image, cfg, device, out_device)
             inf = cfg.infer
-            return sliding_window_inference(image.to(device), cfg.train.patch_size, inf.sw_batch_size, net,
+            return sliding_window_inference(image.to(device), inf.window_size or cfg.train.patch_size,
+                                            inf.sw_batch_size, net,
                                             overlap=inf.overlap, mode=inf.blend, sw_device=device,
                                             device=out_device)
     finally:

@@ -104,5 +104,30 @@ def plan_command(dataset: str | Path, budget: str | float | None = None, device:
         return 1
 
 
-__all__ = ["Decision", "DeviceCosts", "Plan", "format_decisions", "make_plan", "measure_device", "plan_command",
-           "plan_dataset", "plan_yaml", "planned_geometry", "verify", "write_plan"]
+def plan_and_train(dataset: str | Path, budget: str | float | None = None, device: str = "auto",
+                   overrides: list[str] | None = None, run_dir: str | Path | None = None,
+                   started_at: float | None = None, log: Callable[[str], None] = print) -> Path:
+    """``medseg3d train DATASET [--budget B]``: plan a config for the dataset on this device within the budget
+    (planning counts against it), then train it; the plan (commented YAML) and its decisions are saved in the
+    run folder as ``plan.yaml`` and ``plan.txt``. Returns the run folder."""
+    import tempfile
+
+    from ..config import load_config
+    from ..engine.trainer import Trainer
+
+    started_at = time.monotonic() if started_at is None else started_at
+    plan = plan_dataset(dataset, budget, device, count_planning=True,
+                        spent_s=max(0.0, time.monotonic() - started_at), log=log)
+    table = format_decisions(plan)
+    log(table)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plan.yaml"
+        text = plan_yaml(plan)  # data.root stays absolute: the file travels into the run folder
+        path.write_text(text)
+        cfg = load_config(path, overrides)
+    return Trainer(cfg, run_dir, started_at=started_at,
+                   extra_files={"plan.yaml": text, "plan.txt": table + "\n"}).fit()
+
+
+__all__ = ["Decision", "DeviceCosts", "Plan", "format_decisions", "make_plan", "measure_device", "plan_and_train",
+           "plan_command", "plan_dataset", "plan_yaml", "planned_geometry", "verify", "write_plan"]

@@ -22,8 +22,8 @@ at hand. Every choice is a :class:`Decision` with the number behind it:
   rate), validation passes (at most 10 % of the budget: sliding windows over the validation cases of fold 0
   times the measured window cost), the final validation (the same plus 25 % for HD95) and the per-epoch
   checkpoint and plot are taken off the budget before the training steps are counted; ``train.budget`` is
-  the budget less startup and final validation (the trainer's clock starts at its loop and stops before the
-  final validation), so a slow step ends training in time.
+  the whole budget (the trainer's clock covers the whole command and keeps the measured validation and the
+  final validation inside it), so a slower step ends training in time.
 - **threads** (measured), **learning rate** (Adam 3e-3 with poly decay over the planned steps for short
   schedules, 1e-3 for longer ones, nnU-Net's SGD 0.01 without a budget), **augmentation** (mirroring,
   intensity, gamma for MRI, noise; rotation and scaling only when the plan has >= 1000 steps and can afford
@@ -385,7 +385,7 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
         steps_because = (f"{budget_s:.0f} s budget: {avail - est['validation'] - est['epoch_overhead']:.0f} s "
                          f"for training at {chosen['step_s']:.3f} s/step (measured step + augmentation of "
                          f"{chosen['batch']}); the plan wanted >= {want}")
-        train_budget = max(1.0, budget_s - spent - startup - chosen["final_val_s"])
+        train_budget = budget_s  # the trainer keeps everything (final validation included) inside it
         if chosen["steps"] < want:
             steps_because += f" (the budget is too small for {want}; this is the smallest candidate)"
 
@@ -465,7 +465,8 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
             f"{pre_s:.1f} s + training "
             f"{est['training']:.0f} s + validation {est['validation']:.0f} s + final validation "
             f"{est['final_validation']:.0f} s + epoch bookkeeping {est['epoch_overhead']:.0f} s = "
-            f"{est['total']:.0f} s; train.budget {train_budget:.0f} s stops a slower run in time", "train.budget")
+            f"{est['total']:.0f} s; train.budget {train_budget:.0f} s: the trainer stops training early enough "
+            f"for everything to fit if a step is slower than planned", "train.budget")
     else:
         add("estimated time", _human(est["total"]), f"{iters} steps x {chosen['step_s']:.3f} s on {costs.name} "
             f"+ validation {est['validation']:.0f} s + preprocessing {pre_s:.0f} s")

@@ -14,7 +14,7 @@ import medseg3d
 from medseg3d.config import load_config
 from medseg3d.errors import MedsegError
 from medseg3d.plan import format_decisions, make_plan, measure_device, plan_dataset, plan_yaml, write_plan
-from medseg3d.plan.normalization import CTNormalized, ct_normalize
+from medseg3d.data.normalization import CTNormalized, ct_normalize
 from medseg3d.plan.planner import n_windows, steps_wanted, target_spacing
 
 from fake_costs import fake_timer  # tests/plan/conftest.py puts it on the path

@@ -4,8 +4,8 @@ fingerprint), so every CT is scaled alike (Hounsfield units are calibrated; a pe
 that). MRI keeps the per-image z-score (``preprocess.normalize: zscore_nonzero | zscore``).
 
 The planner proposes it as ``preprocess.normalize: ct`` with ``preprocess.intensity_stats`` (one
-``{lower, upper, mean, std}`` per channel); :class:`CTNormalized` is the transform that preprocessing would
-append instead of MONAI's ``NormalizeIntensityd``.
+``{lower, upper, mean, std}`` per channel); preprocessing then appends :class:`CTNormalized` instead of MONAI's
+``NormalizeIntensityd``.
 """
 
 from __future__ import annotations
