@@ -29,7 +29,7 @@ Departures from the paper, all forced by training here from scratch on volumes:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +117,7 @@ class FCN(SegNet):
     divisor = 32
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 21, *,
-                 variant: str = "8s", base_filters: int = 64, fc_channels: int | None = None, fc_kernel: int = 7,
+                 variant: Literal["8s", "16s", "32s"] = "8s", base_filters: int = 64, fc_channels: int | None = None, fc_kernel: int = 7,
                  dropout: float = 0.5, norm: LayerSpec = None, learn_final_upsample: bool = False):
         super().__init__(spatial_dims, in_channels, out_channels)
         if variant not in ("8s", "16s", "32s"):

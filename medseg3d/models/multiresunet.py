@@ -17,12 +17,15 @@ Where the paper and the authors' code differ: the code computes the three widths
 U = 512 the middle convolution has 285 filters here, 284 in the code). The code's conv-BN units use BN without
 a scale (γ); here BN has both γ and β. The code's head is conv + BN + sigmoid; here it is a plain 1×1 conv with
 bias that returns logits.
+
+Built from the shared :class:`~medseg3d.models.parts.Encoder` and :class:`~medseg3d.models.parts.Decoder` (the
+Res paths transform the skips in between); the weights of checkpoints written before load under the new names.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -113,7 +116,7 @@ class MultiResUNet(SegNet):
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2, *,
                  base_filters: int = 32, depth: int = 4, alpha: float = 1.67, norm: LayerSpec = "batch",
-                 act: LayerSpec = "relu", up_mode: str = "transpose"):
+                 act: LayerSpec = "relu", up_mode: Literal["transpose", "linear", "nearest"] = "transpose"):
         super().__init__(spatial_dims, in_channels, out_channels)
         base = check_positive_int("base_filters", base_filters)
         depth = check_positive_int("depth", depth)

@@ -18,11 +18,15 @@ decoder level below full resolution (scales 1/2 … 1/2^(depth-1)); in training 
 
 Instance norm is affine (learned scale and shift), as in the authors' code (nnU-Net lineage); MONAI's plain
 ``"instance"`` is not affine, so the default norm here is ``("instance", {"affine": True})``.
+
+Built from the shared :class:`~medseg3d.models.parts.Encoder` (the bottleneck is its last stage) and
+:class:`~medseg3d.models.parts.Decoder`; the weights of checkpoints written before (keys ``enc.*``,
+``bottleneck.*``, ``up.*``, ``dec.*``) load under the new names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +67,7 @@ class NoNewNet(SegNet):
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 4, out_channels: int = 3, *,
                  base_filters: int = 30, depth: int = 4, norm: LayerSpec = ("instance", {"affine": True}),
-                 act: LayerSpec = ("leakyrelu", {"negative_slope": 0.01}), up_mode: str = "linear",
+                 act: LayerSpec = ("leakyrelu", {"negative_slope": 0.01}), up_mode: Literal["linear", "nearest", "transpose"] = "linear",
                  deep_supervision: bool = False, dropout: float = 0.0):
         super().__init__(spatial_dims, in_channels, out_channels)
         base = check_positive_int("base_filters", base_filters)

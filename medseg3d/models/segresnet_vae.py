@@ -33,12 +33,16 @@ Sizes: the segmentation path works at any input size (padded to the divisor, 16)
 the training patch size, ``input_image_size`` (every entry a multiple of 16); in training mode the padded
 input must have exactly that size. In eval mode, or when called with ``vae=False``, only the segmentation
 logits are computed and returned.
+
+The encoder and both decoders are the shared :class:`~medseg3d.models.parts.Encoder` and
+:class:`~medseg3d.models.parts.Decoder` (skips added; the VAE decoder without skips); the weights of
+checkpoints written before load under the new names.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -98,7 +102,7 @@ class SegResNetVAE(SegNet):
                  input_image_size: Sequence[int] | None = None, base_filters: int = 32,
                  blocks_down: Sequence[int] = (1, 2, 2, 4), blocks_up: Sequence[int] = (1, 1, 1),
                  norm: LayerSpec = ("group", {"num_groups": 8}), act: LayerSpec = "relu", dropout: float = 0.2,
-                 vae_latent: int = 128, vae_channels: int = 16, up_mode: str = "linear"):
+                 vae_latent: int = 128, vae_channels: int = 16, up_mode: Literal["linear", "nearest", "transpose"] = "linear"):
         super().__init__(spatial_dims, in_channels, out_channels)
         sd = spatial_dims
         base = check_positive_int("base_filters", base_filters)

@@ -39,7 +39,7 @@ weights load into a net built with those arguments.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -234,12 +234,12 @@ class U2Net3D(SegNet):
     convolutions) and 69,780 belong to the domain (depthwise filters 59,184, norms 8,768, input adapter 1,760,
     head 68); each further 4-in/4-out domain adds 69,780 (4.8 % of the shared weights).
 
-    Parameters as a fraction of independent models, the paper's five MSD tasks (heart 1→2, liver 1→2,
-    hippocampus 1→3, prostate 2→3, pancreas 1→2 classes with background; the authors' configuration): one
-    universal model (6 levels) has 6,550,404 parameters, the five independent models (``adapter="none"``,
-    one domain each, 4 levels for the hippocampus and 6 for the others, as the authors trained them)
-    134,489,588: **4.87 %** (also 4.9 % when rounded as the paper would). The paper's abstract says "about 1 %"; the authors' code, counted the same
-    way (with its biases), gives 4.9 % (6,577,460 / 134,508,692).
+    Parameters as a fraction of independent models, for the paper's five MSD tasks as the authors configured
+    them (heart 1→2, liver 1→2, hippocampus 1→3, prostate 2→3, pancreas 1→2: modalities → classes with
+    background): one universal model (6 levels) has 6,550,404 parameters; the five independent models
+    (``adapter="none"``, one domain each, 4 levels for the hippocampus and 6 for the others, as the authors
+    trained them) have 134,489,588 together: **4.87 %**. The paper's abstract says "about 1 %"; the authors'
+    code, counted the same way (with its biases), gives 4.9 % (6,577,460 / 134,508,692).
     """
 
     paper = "Huang 2019, 3D U²-Net (MICCAI)"
@@ -248,9 +248,9 @@ class U2Net3D(SegNet):
 
     def __init__(self, spatial_dims: int = 3, in_channels: int | Mapping[str, int] = 1,
                  out_channels: int | Mapping[str, int] = 2, *, domains: Iterable[str] | str = ("default",),
-                 base_filters: int = 16, levels: int = 6, adapter: str = "separable",
+                 base_filters: int = 16, levels: int = 6, adapter: Literal["separable", "none"] = "separable",
                  norm: LayerSpec = _DEFAULT_NORM, act: LayerSpec = _DEFAULT_ACT, deep_supervision: bool = True,
-                 side_outputs: str = "sum"):
+                 side_outputs: Literal["sum", "list"] = "sum"):
         if isinstance(domains, str):
             domains = (domains,)
         try:

@@ -9,11 +9,14 @@
 
 Both papers use unpadded ("valid") convolutions and crop the skips; here convolutions are zero-padded so that
 the output has the input's size (as MONAI and nnU-Net do), which sliding-window inference needs.
+
+Built from the shared :class:`~medseg3d.models.parts.Encoder` and :class:`~medseg3d.models.parts.Decoder`; the
+weights of checkpoints written before (keys ``down.*``, ``up.*``, ``dec.*``) load under the new names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -50,7 +53,7 @@ class UNet(SegNet):
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2, *,
                  base_filters: int | None = None, depth: int | None = None, norm: LayerSpec | str = "default",
-                 act: LayerSpec = "relu", double_before_pool: bool | None = None, up_mode: str = "transpose",
+                 act: LayerSpec = "relu", double_before_pool: bool | None = None, up_mode: Literal["transpose", "linear", "nearest"] = "transpose",
                  dropout: float = 0.0):
         super().__init__(spatial_dims, in_channels, out_channels)
         is3d = spatial_dims == 3

@@ -36,7 +36,7 @@ Choices where the paper is silent or the common implementations differ:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -93,9 +93,9 @@ class UNetPlusPlus(SegNet):
     variants = {"authors' units": {"unit": "zhou2018"}}
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2, *,
-                 base_filters: int = 32, depth: int = 4, unit: str = "conv_norm_act", norm: LayerSpec = "batch",
-                 act: LayerSpec = "relu", deep_supervision: bool = True, inference_mode: str = "accurate",
-                 inference_depth: int | None = None, up_mode: str = "transpose"):
+                 base_filters: int = 32, depth: int = 4, unit: Literal["conv_norm_act", "zhou2018"] = "conv_norm_act", norm: LayerSpec = "batch",
+                 act: LayerSpec = "relu", deep_supervision: bool = True, inference_mode: Literal["accurate", "fast"] = "accurate",
+                 inference_depth: int | None = None, up_mode: Literal["transpose", "linear", "nearest"] = "transpose"):
         super().__init__(spatial_dims, in_channels, out_channels)
         base = check_positive_int("base_filters", base_filters)
         depth = check_positive_int("depth", depth)

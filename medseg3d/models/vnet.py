@@ -38,7 +38,7 @@ Convolutions are zero-padded ("same"), so the output has the input's size.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -113,7 +113,7 @@ class VNet(SegNet):
     variants = {"Caffe model": {"variant": "caffe"}}
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2, *,
-                 variant: str = "paper", base_filters: int = 16, encoder_convs: Sequence[int] | None = None,
+                 variant: Literal["paper", "caffe"] = "paper", base_filters: int = 16, encoder_convs: Sequence[int] | None = None,
                  decoder_convs: Sequence[int] | None = None, kernel_size: int = 5, norm: LayerSpec = None,
                  act: LayerSpec = "prelu", dropout: float = 0.0):
         super().__init__(spatial_dims, in_channels, out_channels)
