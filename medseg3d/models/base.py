@@ -5,16 +5,23 @@ supervision returns a list of logits, all at the input's resolution, the full-re
 AE-regularised net returns a dict ``{"seg", "recon", "mu", "logvar"}``. In eval mode every net returns one
 tensor of logits. Any input size works: :class:`SegNet` pads the input up to the net's divisor and crops
 every full-size output back.
+
+Tracing (``torch.jit.trace``, ``torch.onnx.export(..., dynamo=False)``): the padding and the crop are computed
+from the traced input's shape with tensor operations, never through Python numbers, so a traced or exported
+net pads and crops whatever input size it is given, and tracing emits no ``TracerWarning``.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+import re
+from typing import Any, Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: a legacy state-dict key rule: (regular expression on the key, replacement string or function of the match)
+KeyRule = tuple[str, Union[str, Callable[["re.Match[str]"], str]]]
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -23,23 +30,52 @@ def check_positive_int(name: str, value: Any) -> int:
     return value
 
 
-def pad_to_divisor(x: torch.Tensor, divisor: int | Sequence[int]) -> tuple[torch.Tensor, list[int]]:
-    """Pad the spatial axes of ``x`` (N, C, *spatial) at their far end up to a multiple of ``divisor``."""
-    spatial = x.shape[2:]
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def check_dropout(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _spatial_sizes(x: torch.Tensor) -> list[Any]:
+    # x.shape[i] is an int in eager mode and a traced size while tracing: kept as is, never converted
+    return [x.shape[i] for i in range(2, x.dim())]
+
+
+def pad_to_divisor(x: torch.Tensor, divisor: int | Sequence[int]) -> tuple[torch.Tensor, list[Any]]:
+    """Pad the spatial axes of ``x`` (N, C, *spatial) at their far end up to a multiple of ``divisor``.
+
+    Returns the padded tensor and the original spatial sizes. In eager mode an input that needs no padding
+    is returned as is; while tracing the (possibly zero) padding is always recorded, so the traced graph pads
+    any input size."""
+    spatial = _spatial_sizes(x)
     divs = [divisor] * len(spatial) if isinstance(divisor, int) else list(divisor)
-    target = [int(math.ceil(s / d) * d) for s, d in zip(spatial, divs)]
-    if list(spatial) == target:
-        return x, list(spatial)
-    pad: list[int] = []
-    for s, t in reversed(list(zip(spatial, target))):
-        pad += [0, t - s]
-    return F.pad(x, pad), list(spatial)
+    pad: list[Any] = []
+    for s, d in reversed(list(zip(spatial, divs))):
+        pad += [0, (d - s % d) % d]
+    if not torch.jit.is_tracing() and not any(pad):
+        return x, spatial
+    return F.pad(x, pad), spatial
 
 
-def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    if list(x.shape[2:]) == list(size):
+def crop_to(x: torch.Tensor, size: Sequence[Any]) -> torch.Tensor:
+    """The first ``size`` voxels of each spatial axis of ``x`` (undoes :func:`pad_to_divisor`)."""
+    if not torch.jit.is_tracing() and list(x.shape[2:]) == list(size):
         return x
-    return x[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
+    for axis, s in enumerate(size):
+        x = x.narrow(2 + axis, 0, s)
+    return x
 
 
 def main_output(out: Any) -> torch.Tensor:
@@ -53,16 +89,37 @@ def main_output(out: Any) -> torch.Tensor:
     raise TypeError(f"unexpected network output of type {type(out).__name__}")
 
 
+def _remap_legacy_keys(module: "SegNet", state_dict: dict, prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook: renames the keys of a checkpoint written before the net was built from the
+    shared encoder/decoder parts (see :meth:`SegNet.legacy_keys`)."""
+    rules = module.legacy_keys()
+    if not rules:
+        return
+    own = set(module.state_dict().keys())
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        if rest in own:
+            continue
+        for pattern, repl in rules:
+            new, n = re.subn(pattern, repl, rest, count=1)
+            if n:
+                if new in own and prefix + new not in state_dict:
+                    state_dict[prefix + new] = state_dict.pop(key)
+                break
+
+
 class SegNet(nn.Module):
     """Base of all medseg3d networks.
 
     Subclasses set ``paper`` (citation), ``dims`` (supported spatial dims) and implement ``_forward``; the
     ``divisor`` attribute (int or per-axis tuple) is the factor every spatial size must divide by.
+    ``variants`` names keyword presets worth listing next to the defaults (``medseg3d models`` shows them).
     """
 
     paper: str = ""
     dims: tuple[int, ...] = (2, 3)
-    divisor: int | tuple[int, ...] = 1
+    divisor: Any = 1
+    variants: dict[str, dict[str, Any]] = {}
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int):
         super().__init__()
@@ -71,6 +128,12 @@ class SegNet(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
+        self.register_load_state_dict_pre_hook(_remap_legacy_keys)
+
+    def legacy_keys(self) -> list[KeyRule]:
+        """Rules renaming the state-dict keys of older checkpoints of this net to the current ones (applied
+        by ``load_state_dict`` to keys the net does not have)."""
+        return []
 
     def _forward(self, x: torch.Tensor, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -84,12 +147,12 @@ class SegNet(nn.Module):
         out = self._forward(xp, **kwargs)
         if xp is x:
             return out
-        full = list(xp.shape[2:])
+        rank = x.dim()
 
         def crop(t: Any) -> Any:
-            if isinstance(t, torch.Tensor) and list(t.shape[2:]) == full:
-                return crop_to(t, size)
-            return t
+            # every output with the input's rank is full-size (segmentation, reconstruction, deep supervision);
+            # others (the VAE's mu/logvar) have no spatial axes
+            return crop_to(t, size) if isinstance(t, torch.Tensor) and t.dim() == rank else t
 
         if isinstance(out, dict):
             return {k: crop(v) for k, v in out.items()}

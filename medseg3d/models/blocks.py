@@ -2,6 +2,14 @@
 
 Norms and activations are given as MONAI-style names or ``(name, {kwargs})`` tuples so that they fit YAML:
 ``"instance"``, ``("group", {"num_groups": 8})``, ``"leakyrelu"``, ``("leakyrelu", {"negative_slope": 0.01})``.
+
+Instance norm is MONAI's ``"instance"`` (``torch.nn.InstanceNorm{1,2,3}d``, same arguments and weights), except
+that while tracing it calls the instance-norm operator directly (``F.instance_norm``'s Python-side size check
+would turn traced sizes into Python numbers), and that while exporting to ONNX it runs as the identical group
+norm with one group per channel: the exporter then writes the same ``InstanceNormalization`` node, without
+warning that it exports instance norm "with train=True" (instance norm always uses the input's statistics, in
+eval mode too; the warning is about nothing). Group norm likewise skips its Python-side size check while
+tracing.
 """
 
 from __future__ import annotations
@@ -50,10 +58,69 @@ def dropout(spatial_dims: int, p: float) -> nn.Module:
     return _DROPOUT[spatial_dims](p) if p > 0 else nn.Identity()
 
 
+class _TraceableInstanceNorm:
+    """Instance norm (input statistics) that traces without converting sizes to Python numbers, and exports
+    to ONNX as group norm with one group per channel (written as the same ``InstanceNormalization`` node)."""
+
+    num_features: int
+    weight: Any
+    bias: Any
+    eps: float
+    track_running_stats: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() and not self.track_running_stats:
+            if torch.onnx.is_in_onnx_export():
+                return torch.group_norm(x, self.num_features, self.weight, self.bias, self.eps,
+                                        torch.backends.cudnn.enabled)
+            return torch.instance_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps,
+                                       torch.backends.cudnn.enabled)
+        return super().forward(x)  # type: ignore[misc]
+
+
+class InstanceNorm1d(_TraceableInstanceNorm, nn.InstanceNorm1d):
+    pass
+
+
+class InstanceNorm2d(_TraceableInstanceNorm, nn.InstanceNorm2d):
+    pass
+
+
+class InstanceNorm3d(_TraceableInstanceNorm, nn.InstanceNorm3d):
+    pass
+
+
+_INSTANCE = {1: InstanceNorm1d, 2: InstanceNorm2d, 3: InstanceNorm3d}
+
+
+class GroupNorm(nn.GroupNorm):
+    """``torch.nn.GroupNorm`` that skips its Python-side size check while tracing (which would turn a traced
+    size into a Python bool)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                                    torch.backends.cudnn.enabled)
+        return super().forward(x)
+
+
 def norm_layer(norm: LayerSpec, spatial_dims: int, channels: int) -> nn.Module:
     if norm is None or norm == "none":
         return nn.Identity()
-    return get_norm_layer(_spec(norm), spatial_dims=spatial_dims, channels=channels)
+    spec = _spec(norm)
+    name, kwargs = (spec[0], dict(spec[1])) if isinstance(spec, tuple) and len(spec) == 2 else (spec, {})
+    if isinstance(name, str) and name.lower() == "instance":
+        kwargs.setdefault("num_features", channels)
+        return _INSTANCE[spatial_dims](**kwargs)
+    if isinstance(name, str) and name.lower() == "group":
+        kwargs.setdefault("num_channels", channels)
+        return GroupNorm(**kwargs)
+    return get_norm_layer(spec, spatial_dims=spatial_dims, channels=channels)
+
+
+def is_norm(norm: LayerSpec) -> bool:
+    """Whether ``norm`` names a normalisation (not ``None``/``"none"``)."""
+    return norm not in (None, "none")
 
 
 def act_layer(act: LayerSpec, channels: int | None = None) -> nn.Module:
@@ -87,7 +154,7 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int | Sequence[int] = 3,
                  stride: int = 1, norm: LayerSpec = "instance", act: LayerSpec = "relu", dropout_p: float = 0.0,
                  bias: bool | None = None):
-        has_norm = norm not in (None, "none")
+        has_norm = is_norm(norm)
         super().__init__(
             conv(spatial_dims, in_ch, out_ch, kernel_size, stride=stride, bias=(not has_norm) if bias is None else bias),
             norm_layer(norm, spatial_dims, out_ch),

@@ -29,7 +29,7 @@ Departures from the paper, all forced by training here from scratch on volumes:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,7 @@ class BilinearUpsample(nn.Module):
         if factor < 2 or factor % 2:
             raise ValueError(f"factor must be an even integer >= 2, got {factor}")
         self.spatial_dims = spatial_dims
+        self.channels = channels
         self.factor = factor
         self.learned = learned
         kernel = bilinear_kernel(spatial_dims, 2 * factor)
@@ -84,7 +85,7 @@ class BilinearUpsample(nn.Module):
         if self.learned:
             return self.convt(x)
         fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[self.spatial_dims]
-        return fn(x, self.kernel.to(x.dtype), stride=self.factor, padding=self.factor // 2, groups=x.shape[1])
+        return fn(x, self.kernel.to(x.dtype), stride=self.factor, padding=self.factor // 2, groups=self.channels)
 
 
 @MODELS.register("fcn")
@@ -102,10 +103,13 @@ class FCN(SegNet):
         norm: ``None`` (the paper); a norm name adds normalisation to every encoder conv (not in the paper).
         learn_final_upsample: ``False`` (the paper fixes the last upsampling to bilinear).
 
-    Divisor 32. Parameters with defaults (2D, 3 in, 21 out, FCN-8s): 134,376,863 = VGG-16's 14,714,688
-    convolution parameters + fc6 102,764,544 + fc7 16,781,312 + score_fr 86,037 + score_pool4 10,773 +
-    score_pool3 5,397 + two learned ×2 upsamplings 2 × 7,056 (the fixed ×8 kernel is a buffer); FCN-16s
-    134,364,410, FCN-32s 134,346,581.
+    Divisor 32. Parameters with defaults (FCN-8s) = VGG-16's 14,714,688 convolution parameters + fc6 102,764,544
+    + fc7 16,781,312 + score_fr 86,037 + score_pool4 10,773 + score_pool3 5,397 + two learned ×2 upsamplings
+    2 × 7,056 (the fixed ×8 kernel is a buffer):
+
+        2D, 3 in / 21 out: 134,376,863
+        2D, 3 in / 21 out, variant="16s": 134,364,410
+        2D, 3 in / 21 out, variant="32s": 134,346,581
     """
 
     paper = "Long, Shelhamer, Darrell. Fully Convolutional Networks for Semantic Segmentation. CVPR 2015"
@@ -113,7 +117,7 @@ class FCN(SegNet):
     divisor = 32
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 21, *,
-                 variant: str = "8s", base_filters: int = 64, fc_channels: int | None = None, fc_kernel: int = 7,
+                 variant: Literal["8s", "16s", "32s"] = "8s", base_filters: int = 64, fc_channels: int | None = None, fc_kernel: int = 7,
                  dropout: float = 0.5, norm: LayerSpec = None, learn_final_upsample: bool = False):
         super().__init__(spatial_dims, in_channels, out_channels)
         if variant not in ("8s", "16s", "32s"):

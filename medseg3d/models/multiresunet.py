@@ -17,19 +17,23 @@ Where the paper and the authors' code differ: the code computes the three widths
 U = 512 the middle convolution has 285 filters here, 284 in the code). The code's conv-BN units use BN without
 a scale (γ); here BN has both γ and β. The code's head is conv + BN + sigmoid; here it is a plain 1×1 conv with
 bias that returns logits.
+
+Built from the shared :class:`~medseg3d.models.parts.Encoder` and :class:`~medseg3d.models.parts.Decoder` (the
+Res paths transform the skips in between); the weights of checkpoints written before load under the new names.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ..registry import MODELS
-from .base import SegNet, check_positive_int
-from .blocks import ConvNormAct, LayerSpec, conv, max_pool, norm_layer, act_layer, upsample
+from .base import KeyRule, SegNet, check_choice, check_positive_int
+from .blocks import ConvNormAct, LayerSpec, act_layer, conv, norm_layer, upsample
+from .parts import Decoder, Encoder
 
 
 def multires_widths(u: int, alpha: float = 1.67) -> tuple[int, int, int]:
@@ -101,7 +105,10 @@ class MultiResUNet(SegNet):
     per level: 8+17+26 = 51, 17+35+53 = 105, 35+71+106 = 212, 71+142+213 = 426, 142+285+427 = 854.
     ``divisor`` = 2^depth.
 
-    Parameters with defaults: 2D, 1 in / 2 out: 7,251,159 (7.25 M); 3D, 4 in / 4 out: 18,657,714 (18.7 M).
+    Parameters with defaults:
+
+        2D, 1 in / 2 out: 7,251,159
+        3D, 4 in / 4 out: 18,657,714
     """
 
     paper = "Ibtehaz 2020, MultiResUNet (Neural Networks)"
@@ -109,43 +116,35 @@ class MultiResUNet(SegNet):
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2, *,
                  base_filters: int = 32, depth: int = 4, alpha: float = 1.67, norm: LayerSpec = "batch",
-                 act: LayerSpec = "relu", up_mode: str = "transpose"):
+                 act: LayerSpec = "relu", up_mode: Literal["transpose", "linear", "nearest"] = "transpose"):
         super().__init__(spatial_dims, in_channels, out_channels)
         base = check_positive_int("base_filters", base_filters)
         depth = check_positive_int("depth", depth)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
-        if up_mode not in ("transpose", "linear", "nearest"):
-            raise ValueError(f"up_mode must be 'transpose', 'linear' or 'nearest', got {up_mode!r}")
+        check_choice("up_mode", up_mode, ("transpose", "linear", "nearest"))
         self.depth = depth
         self.divisor = 2 ** depth
         sd = spatial_dims
         us = [base * 2 ** i for i in range(depth + 1)]
-        self.pool = max_pool(sd, 2)
-        self.encoder = nn.ModuleList()
-        self.res_paths = nn.ModuleList()
-        ch = in_channels
-        for i, u in enumerate(us):
-            block = MultiResBlock(sd, ch, u, alpha, norm=norm, act=act)
-            self.encoder.append(block)
-            ch = block.out_channels
-            if i < depth:
-                self.res_paths.append(ResPath(sd, ch, u, depth - i, norm=norm, act=act))
-        self.ups = nn.ModuleList()
-        self.decoder = nn.ModuleList()
-        for i in reversed(range(depth)):
-            self.ups.append(upsample(sd, ch, us[i], mode=up_mode))
-            block = MultiResBlock(sd, 2 * us[i], us[i], alpha, norm=norm, act=act)
-            self.decoder.append(block)
-            ch = block.out_channels
-        self.head = conv(sd, ch, out_channels, 1)
+        widths = [sum(multires_widths(u, alpha)) for u in us]
+
+        def block(i: int, cin: int, cout: int) -> MultiResBlock:
+            return MultiResBlock(sd, cin, us[i], alpha, norm=norm, act=act)
+
+        self.encoder = Encoder(sd, in_channels, widths, block, down="max")
+        self.res_paths = nn.ModuleList([ResPath(sd, widths[i], us[i], depth - i, norm=norm, act=act)
+                                        for i in range(depth)])
+        # up-sampling to U of the target level, concatenated with that level's Res path (U channels)
+        self.decoder = Decoder(self.encoder, lambda i, cin, cout: upsample(sd, cin, cout, mode=up_mode), block,
+                               skip_channels=us[:-1], stage_channels=widths[:-1])
+        self.head = conv(sd, widths[0], out_channels, 1)
+
+    def legacy_keys(self) -> list[KeyRule]:
+        return [(r"^encoder\.(\d+)\.", r"encoder.blocks.\1."), (r"^ups\.", "decoder.ups."),
+                (r"^decoder\.(\d+)\.", r"decoder.blocks.\1.")]
 
     def _forward(self, x: torch.Tensor, **_: Any) -> torch.Tensor:
-        skips = []
-        for i, block in enumerate(self.encoder):
-            x = block(x if i == 0 else self.pool(x))
-            if i < self.depth:
-                skips.append(self.res_paths[i](x))
-        for up, block in zip(self.ups, self.decoder):
-            x = block(torch.cat([up(x), skips.pop()], dim=1))
-        return self.head(x)
+        feats = self.encoder(x)
+        skips = [path(f) for path, f in zip(self.res_paths, feats)] + [feats[-1]]
+        return self.head(self.decoder(skips)[0])

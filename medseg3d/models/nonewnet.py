@@ -18,19 +18,24 @@ decoder level below full resolution (scales 1/2 … 1/2^(depth-1)); in training 
 
 Instance norm is affine (learned scale and shift), as in the authors' code (nnU-Net lineage); MONAI's plain
 ``"instance"`` is not affine, so the default norm here is ``("instance", {"affine": True})``.
+
+Built from the shared :class:`~medseg3d.models.parts.Encoder` (the bottleneck is its last stage) and
+:class:`~medseg3d.models.parts.Decoder`; the weights of checkpoints written before (keys ``enc.*``,
+``bottleneck.*``, ``up.*``, ``dec.*``) load under the new names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..registry import MODELS
-from .base import SegNet, check_positive_int
-from .blocks import LayerSpec, StackedConvs, conv, max_pool, upsample
+from .base import KeyRule, SegNet, check_bool, check_choice, check_dropout, check_positive_int
+from .blocks import LayerSpec, StackedConvs, conv, upsample
+from .parts import Decoder, Encoder
 
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -50,8 +55,11 @@ class NoNewNet(SegNet):
         deep_supervision: ``False`` (the paper); see the module docstring.
         dropout: channel dropout in the bottleneck convolutions (0, the paper has none).
 
-    Divisor ``2**depth`` (16). Parameters with defaults: 14,490,753 (4 in, 3 out); with ``deep_supervision``
-    another 639 for the three extra 1³ heads (on 120, 60 and 30 channels).
+    Divisor ``2**depth`` (16). Parameters with defaults, and with deep supervision (another 639 for the three
+    extra 1³ heads on 120, 60 and 30 channels):
+
+        3D, 4 in / 3 out: 14,490,753
+        3D, 4 in / 3 out, deep_supervision=True: 14,491,392
     """
 
     paper = "Isensee et al. No New-Net. BrainLes (MICCAI) 2018"
@@ -59,63 +67,51 @@ class NoNewNet(SegNet):
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 4, out_channels: int = 3, *,
                  base_filters: int = 30, depth: int = 4, norm: LayerSpec = ("instance", {"affine": True}),
-                 act: LayerSpec = ("leakyrelu", {"negative_slope": 0.01}), up_mode: str = "linear",
+                 act: LayerSpec = ("leakyrelu", {"negative_slope": 0.01}), up_mode: Literal["linear", "nearest", "transpose"] = "linear",
                  deep_supervision: bool = False, dropout: float = 0.0):
         super().__init__(spatial_dims, in_channels, out_channels)
         base = check_positive_int("base_filters", base_filters)
         depth = check_positive_int("depth", depth)
-        if up_mode not in ("linear", "nearest", "transpose"):
-            raise ValueError(f"up_mode must be 'linear', 'nearest' or 'transpose', got {up_mode!r}")
-        if not isinstance(deep_supervision, bool):
-            raise ValueError(f"deep_supervision must be True or False, got {deep_supervision!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_choice("up_mode", up_mode, ("linear", "nearest", "transpose"))
+        self.deep_supervision = check_bool("deep_supervision", deep_supervision)
+        dropout = check_dropout("dropout", dropout)
         self.divisor = 2 ** depth
         self.depth = depth
-        self.deep_supervision = deep_supervision
         sd = spatial_dims
-        chans = [base * 2 ** i for i in range(depth + 1)]
+        c = [base * 2 ** i for i in range(depth + 1)]
 
-        self.pool = max_pool(sd, 2)
-        self.enc = nn.ModuleList()
-        ch = in_channels
-        for i in range(depth):
-            self.enc.append(StackedConvs(sd, ch, chans[i], n=2, norm=norm, act=act))
-            ch = chans[i]
-        # bottleneck: chans[depth] filters, then halved before upsampling
-        self.bottleneck = StackedConvs(sd, ch, chans[depth - 1], n=2, mid_ch=chans[depth], norm=norm, act=act,
-                                       dropout_p=dropout)
-        self.up = nn.ModuleList()
-        self.dec = nn.ModuleList()
-        self.ds_heads = nn.ModuleList()
-        for i in reversed(range(depth)):
-            self.up.append(upsample(sd, chans[i], chans[i], mode=up_mode))
-            out = chans[i - 1] if i > 0 else chans[0]
-            self.dec.append(StackedConvs(sd, 2 * chans[i], out, n=2, mid_ch=chans[i], norm=norm, act=act))
-            if deep_supervision and 0 < i < depth:
-                self.ds_heads.append(conv(sd, out, out_channels, 1))
-        self.head = conv(sd, chans[0], out_channels, 1)
+        def block(i: int, cin: int, cout: int) -> StackedConvs:
+            if i < depth:
+                return StackedConvs(sd, cin, cout, n=2, norm=norm, act=act)
+            # bottleneck: c[depth] filters, then halved before upsampling
+            return StackedConvs(sd, cin, cout, n=2, mid_ch=c[depth], norm=norm, act=act, dropout_p=dropout)
+
+        self.encoder = Encoder(sd, in_channels, c[:depth] + [c[depth - 1]], block, down="max")
+        # decoder level i: (2·c_i → c_i) then c_i → c_(i-1): the feature maps are halved before upsampling
+        self.decoder = Decoder(
+            self.encoder, lambda i, cin, cout: upsample(sd, cin, cout, mode=up_mode),
+            lambda i, cin, cout: StackedConvs(sd, cin, cout, n=2, mid_ch=cin // 2, norm=norm, act=act),
+            up_channels="below", stage_channels=[c[max(i - 1, 0)] for i in range(depth)],
+        )
+        # ds_heads[j] sits on decoder stage j (deepest first), levels depth-1 … 1
+        self.ds_heads = nn.ModuleList(
+            [conv(sd, c[i - 1], out_channels, 1) for i in reversed(range(1, depth))] if deep_supervision else [])
+        self.head = conv(sd, c[0], out_channels, 1)
         self._interp = _INTERP[sd]
 
+    def legacy_keys(self) -> list[KeyRule]:
+        return [(r"^enc\.", "encoder.blocks."), (r"^bottleneck\.", f"encoder.blocks.{self.depth}."),
+                (r"^up\.", "decoder.ups."), (r"^dec\.", "decoder.blocks.")]
+
     def _forward(self, x: torch.Tensor, **_: Any) -> Any:
-        size = x.shape[2:]
-        skips = []
-        for i, block in enumerate(self.enc):
-            x = block(x if i == 0 else self.pool(x))
-            skips.append(x)
-        x = self.bottleneck(self.pool(x))
-        ds_feats = []  # decoder outputs, kept only when the deep-supervision heads will read them
         keep = self.training and self.deep_supervision
-        for up, dec in zip(self.up, self.dec):
-            x = dec(torch.cat([up(x), skips.pop()], dim=1))
-            if keep:
-                ds_feats.append(x)
-        main = self.head(x)
+        feats = self.decoder(self.encoder(x), levels=self.depth if keep else 1)
+        main = self.head(feats[0])
         if not keep:
             return main
-        # ds_heads[j] sits on dec[j] (deepest first); outputs go full-res first, then 1/2, 1/4, ...
+        # outputs full-res first, then 1/2, 1/4, ...; ds_heads are stored deepest first
         outs = [main]
-        for j in range(len(self.ds_heads) - 1, -1, -1):
-            logits = self.ds_heads[j](ds_feats[j])
-            outs.append(F.interpolate(logits, size=size, mode=self._interp, align_corners=False))
+        for level in range(1, self.depth):
+            logits = self.ds_heads[self.depth - 1 - level](feats[level])
+            outs.append(F.interpolate(logits, size=x.shape[2:], mode=self._interp, align_corners=False))
         return outs

@@ -33,38 +33,37 @@ Sizes: the segmentation path works at any input size (padded to the divisor, 16)
 the training patch size, ``input_image_size`` (every entry a multiple of 16); in training mode the padded
 input must have exactly that size. In eval mode, or when called with ``vae=False``, only the segmentation
 logits are computed and returned.
+
+The encoder and both decoders are the shared :class:`~medseg3d.models.parts.Encoder` and
+:class:`~medseg3d.models.parts.Decoder` (skips added; the VAE decoder without skips); the weights of
+checkpoints written before load under the new names.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 
 from ..registry import MODELS
-from .base import SegNet, check_positive_int
+from .base import KeyRule, SegNet, check_choice, check_dropout, check_positive_int
 from .blocks import LayerSpec, PreActResidualBlock, act_layer, conv, norm_layer, upsample
 from .blocks import dropout as channel_dropout
+from .parts import Decoder, Encoder
 
 
-class _UpLevel(nn.Module):
-    """1³ conv halving the channels → ×2 upsampling → (+ skip) → residual blocks."""
+class _Up(nn.Module):
+    """1³ conv halving the channels → ×2 upsampling (a decoder level before its skip addition)."""
 
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, n_blocks: int, norm: LayerSpec,
-                 act: LayerSpec, up_mode: str):
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, up_mode: str):
         super().__init__()
         self.reduce = conv(spatial_dims, in_ch, out_ch, 1, bias=False)
         self.up = upsample(spatial_dims, out_ch, out_ch, mode=up_mode)
-        self.blocks = nn.Sequential(*[PreActResidualBlock(spatial_dims, out_ch, norm=norm, act=act)
-                                      for _ in range(n_blocks)])
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.up(self.reduce(x))
-        if skip is not None:
-            x = x + skip
-        return self.blocks(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.reduce(x))
 
 
 @MODELS.register("segresnet_vae")
@@ -88,10 +87,12 @@ class SegResNetVAE(SegNet):
     Output: training mode ``{"seg", "recon", "mu", "logvar"}`` (``recon`` has ``in_channels``; ``mu`` and
     ``logvar`` are (N, vae_latent)); eval mode or ``forward(x, vae=False)``: the segmentation logits.
 
-    Parameters with defaults (4 in, 3 out, input_image_size 160×192×128): 26,032,887 — the segmentation path
-    18,798,563 (14.2 M of it in the four 256-filter blocks) and the VAE branch 7,234,324 (dense layers
-    15,360→256: 3,932,416 and 128→15,360: 1,981,440; its own decoder 1,205,120; VD conv 110,608; rest 4,740).
-    MONAI's ``SegResNetVAE(init_filters=32)`` has 30,726,935; see the module docstring for why.
+    Parameters with defaults at the paper's crop: the segmentation path 18,798,563 (14.2 M of it in the four
+    256-filter blocks) and the VAE branch 7,234,324 (dense layers 15,360→256: 3,932,416 and 128→15,360:
+    1,981,440; its own decoder 1,205,120; VD conv 110,608; rest 4,740). MONAI's ``SegResNetVAE(init_filters=32)``
+    has 30,726,935; see the module docstring for why.
+
+        3D, 4 in / 3 out, input_image_size=(160, 192, 128): 26,032,887
     """
 
     paper = "Myronenko. 3D MRI brain tumor segmentation using autoencoder regularization. BrainLes 2018"
@@ -101,7 +102,7 @@ class SegResNetVAE(SegNet):
                  input_image_size: Sequence[int] | None = None, base_filters: int = 32,
                  blocks_down: Sequence[int] = (1, 2, 2, 4), blocks_up: Sequence[int] = (1, 1, 1),
                  norm: LayerSpec = ("group", {"num_groups": 8}), act: LayerSpec = "relu", dropout: float = 0.2,
-                 vae_latent: int = 128, vae_channels: int = 16, up_mode: str = "linear"):
+                 vae_latent: int = 128, vae_channels: int = 16, up_mode: Literal["linear", "nearest", "transpose"] = "linear"):
         super().__init__(spatial_dims, in_channels, out_channels)
         sd = spatial_dims
         base = check_positive_int("base_filters", base_filters)
@@ -114,10 +115,8 @@ class SegResNetVAE(SegNet):
         groups = _num_groups(norm)
         if groups and base % groups:
             raise ValueError(f"base_filters must be a multiple of the group norm's num_groups ({groups}), got {base}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if up_mode not in ("linear", "nearest", "transpose"):
-            raise ValueError(f"up_mode must be 'linear', 'nearest' or 'transpose', got {up_mode!r}")
+        dropout = check_dropout("dropout", dropout)
+        check_choice("up_mode", up_mode, ("linear", "nearest", "transpose"))
         self.vae_latent = check_positive_int("vae_latent", vae_latent)
         self.vae_channels = check_positive_int("vae_channels", vae_channels)
         if groups and self.vae_channels % groups:
@@ -138,17 +137,22 @@ class SegResNetVAE(SegNet):
         self.latent_grid = tuple(s // self.divisor for s in size)
 
         chans = [base * 2 ** i for i in range(len(down))]
-        # encoder
+
+        def blocks(n: int, ch: int) -> nn.Sequential:
+            return nn.Sequential(*[PreActResidualBlock(sd, ch, norm=norm, act=act) for _ in range(n)])
+
+        # encoder: initial conv + dropout, then per level a 3³ stride-2 conv doubling the filters and the blocks
         self.init_conv = conv(sd, in_channels, base, 3, bias=False)
         self.init_drop = channel_dropout(sd, dropout)
-        self.enc = nn.ModuleList()
-        for i, n in enumerate(down):
-            layers: list[nn.Module] = [] if i == 0 else [conv(sd, chans[i - 1], chans[i], 3, stride=2, bias=False)]
-            layers += [PreActResidualBlock(sd, chans[i], norm=norm, act=act) for _ in range(n)]
-            self.enc.append(nn.Sequential(*layers))
-        # segmentation decoder
-        self.dec = nn.ModuleList([_UpLevel(sd, chans[i + 1], chans[i], up[j], norm, act, up_mode)
-                                  for j, i in enumerate(reversed(range(n_down)))])
+        self.encoder = Encoder(sd, base, chans, lambda i, cin, cout: blocks(down[i], cout),
+                               down=lambda i, cin, cout: conv(sd, cin, cout, 3, stride=2, bias=False))
+
+        # decoder level i: 1³ conv halving, ×2 upsampling, + the encoder's output at that level, the blocks
+        def decoder(merge: str) -> Decoder:
+            return Decoder(self.encoder, lambda i, cin, cout: _Up(sd, cin, cout, up_mode),
+                           lambda i, cin, cout: blocks(up[n_down - 1 - i], cout), merge=merge)
+
+        self.decoder = decoder("add")
         self.head = conv(sd, base, out_channels, 1)
 
         # VAE branch
@@ -161,23 +165,25 @@ class SegResNetVAE(SegNet):
         self.vae_fc_act = act_layer(act, None)
         self.vae_up = nn.Sequential(conv(sd, self.vae_channels, top, 1, bias=False),
                                     upsample(sd, top, top, mode=up_mode))
-        self.vae_dec = nn.ModuleList([_UpLevel(sd, chans[i + 1], chans[i], up[j], norm, act, up_mode)
-                                      for j, i in enumerate(reversed(range(n_down)))])
+        self.vae_decoder = decoder("none")  # the decoder's structure without the skips, its own weights
         self.vae_end = conv(sd, base, in_channels, 1)
 
+    def legacy_keys(self) -> list[KeyRule]:
+        return [
+            (r"^enc\.0\.", "encoder.blocks.0."),
+            (r"^enc\.(\d+)\.0\.", lambda m: f"encoder.downs.{int(m.group(1)) - 1}."),
+            (r"^enc\.(\d+)\.(\d+)\.", lambda m: f"encoder.blocks.{m.group(1)}.{int(m.group(2)) - 1}."),
+            (r"^(dec|vae_dec)\.(\d+)\.(reduce|up)\.",
+             lambda m: f"{'decoder' if m.group(1) == 'dec' else 'vae_decoder'}.ups.{m.group(2)}.{m.group(3)}."),
+            (r"^(dec|vae_dec)\.(\d+)\.blocks\.",
+             lambda m: f"{'decoder' if m.group(1) == 'dec' else 'vae_decoder'}.blocks.{m.group(2)}."),
+        ]
+
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.init_drop(self.init_conv(x))
-        feats = []
-        for level in self.enc:
-            x = level(x)
-            feats.append(x)
-        return feats
+        return self.encoder(self.init_drop(self.init_conv(x)))
 
     def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = feats[-1]
-        for k, level in enumerate(self.dec):
-            x = level(x, feats[-2 - k])
-        return self.head(x)
+        return self.head(self.decoder(feats)[0])
 
     def vae(self, top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(reconstruction, mu, logvar) from the encoder's last feature map."""
@@ -186,8 +192,7 @@ class SegResNetVAE(SegNet):
         sample = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         y = self.vae_fc_act(self.vae_fc_out(sample))
         y = self.vae_up(y.view((y.shape[0], self.vae_channels) + self.latent_grid))
-        for level in self.vae_dec:
-            y = level(y)
+        y = self.vae_decoder([y] * len(self.encoder.channels))[0]  # no skips: only the last entry is read
         return self.vae_end(y), mu, logvar
 
     def _forward(self, x: torch.Tensor, vae: bool = True, **_: Any) -> Any:

@@ -10,6 +10,9 @@ and the whole table takes a few seconds. Should an op not run on ``meta``, the n
 at a small size and the count is scaled by the ratio of voxels (exact for convolutional nets up to padding).
 A net whose constructor asks for the input size (``input_image_size`` of segresnet_vae) is built for the
 measured input, so its parameter count is the one for that patch (not the paper's 160×192×128 crop).
+
+Below a net's row come its named variants (the class attribute ``variants``: e.g. V-Net's released Caffe model,
+UNet++ with the authors' units, the 5-level 3D U²-Net), each measured the same way with its keyword arguments.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ def _count_flops(model: nn.Module, shape: tuple[int, ...], device: torch.device)
     return int(counter.get_total_flops())
 
 
-def measure(cls: type, spatial_dims: int, size: int | None = None) -> dict[str, Any]:
-    """Parameters and forward GFLOPs of ``cls`` with its defaults at ``spatial_dims`` (see :data:`SETTINGS`)."""
+def measure(cls: type, spatial_dims: int, size: int | None = None, **extra: Any) -> dict[str, Any]:
+    """Parameters and forward GFLOPs of ``cls`` with its defaults (and the keyword arguments ``extra``) at
+    ``spatial_dims`` (see :data:`SETTINGS`)."""
     cin, cout, default_size = SETTINGS[spatial_dims]
     size = default_size if size is None else size
     shape = (1, cin) + (size,) * spatial_dims
@@ -63,7 +67,7 @@ def measure(cls: type, spatial_dims: int, size: int | None = None) -> dict[str, 
         "spatial_dims": spatial_dims, "in_channels": cin, "out_channels": cout,
         "input": "×".join(map(str, shape[:2])) + "×" + (f"{size}³" if spatial_dims == 3 else f"{size}²"),
     }
-    kwargs = build_kwargs(cls, spatial_dims, size)
+    kwargs = {**build_kwargs(cls, spatial_dims, size), **extra}
     if kwargs:
         row["kwargs"] = kwargs
     meta = torch.device("meta")
@@ -90,10 +94,12 @@ def measure(cls: type, spatial_dims: int, size: int | None = None) -> dict[str, 
     return row
 
 
-def model_table(spatial_dims_filter: int | None = None, *, size: int | None = None) -> list[dict[str, Any]]:
+def model_table(spatial_dims_filter: int | None = None, *, size: int | None = None,
+                variants: bool = True) -> list[dict[str, Any]]:
     """One row per registered net: ``name, dims, spatial_dims, in_channels, out_channels, input, parameters,
-    gflops, flops_method, paper`` (``kwargs`` when the net needs the input size to be built, and ``error``
-    when it could not be built with its defaults).
+    gflops, flops_method, paper`` (``kwargs`` when the net is built with keyword arguments: the input size it
+    needs, a variant's; and ``error`` when it could not be built), followed, when ``variants`` is true, by a
+    row per named variant of the net (``variant``: its name).
 
     ``spatial_dims_filter`` (2 or 3) keeps the nets that support those dims and measures them there; ``None``
     measures each net in 3D when it supports 3D, else in 2D. ``size`` overrides the spatial edge length
@@ -109,14 +115,18 @@ def model_table(spatial_dims_filter: int | None = None, *, size: int | None = No
         if spatial_dims_filter is not None and spatial_dims_filter not in dims:
             continue
         sd = spatial_dims_filter or (3 if 3 in dims else 2)
-        row: dict[str, Any] = {"name": name, "class": cls.__name__, "dims": _dims_label(dims)}
-        try:
-            row.update(measure(cls, sd, size))
-        except Exception as exc:  # noqa: BLE001 - report, don't hide the other nets
-            row.update({"spatial_dims": sd, "parameters": None, "gflops": None,
-                        "error": f"{type(exc).__name__}: {exc}"})
-        row["paper"] = getattr(cls, "paper", "")
-        rows.append(row)
+        named = [(None, {})] + (list(getattr(cls, "variants", {}).items()) if variants else [])
+        for label, extra in named:
+            row: dict[str, Any] = {"name": name, "class": cls.__name__, "dims": _dims_label(dims)}
+            if label is not None:
+                row["variant"] = label
+            try:
+                row.update(measure(cls, sd, size, **extra))
+            except Exception as exc:  # noqa: BLE001 - report, don't hide the other nets
+                row.update({"spatial_dims": sd, "parameters": None, "gflops": None,
+                            "error": f"{type(exc).__name__}: {exc}"})
+            row["paper"] = getattr(cls, "paper", "")
+            rows.append(row)
     return rows
 
 
@@ -125,15 +135,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | dims | measured as | parameters | GFLOPs / forward | input | paper |",
              "|---|---|---|---:|---:|---|---|"]
     for r in rows:
+        model = f"{r['name']} ({r['variant']}: {_kw(r.get('kwargs', {}))})" if r.get("variant") else r["name"]
         if r.get("error"):
-            lines.append(f"| {r['name']} | {r['dims']} | {r.get('spatial_dims', '')}D | error | error | "
+            lines.append(f"| {model} | {r['dims']} | {r.get('spatial_dims', '')}D | error | error | "
                          f"{r['error']} | {r.get('paper', '')} |")
             continue
         io = f"{r['spatial_dims']}D, {r['in_channels']} in / {r['out_channels']} out"
         params = f"{r['parameters']:,} ({r['parameters'] / 1e6:.2f} M)"
-        lines.append(f"| {r['name']} | {r['dims']} | {io} | {params} | {r['gflops']:.1f} | {r['input']} | "
+        lines.append(f"| {model} | {r['dims']} | {io} | {params} | {r['gflops']:.1f} | {r['input']} | "
                      f"{r['paper']} |")
     return "\n".join(lines)
+
+
+def _kw(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in _SIZE_ARGS)
 
 
 __all__ = ["model_table", "format_table", "measure", "SETTINGS"]

@@ -9,28 +9,43 @@
 
 Both papers use unpadded ("valid") convolutions and crop the skips; here convolutions are zero-padded so that
 the output has the input's size (as MONAI and nnU-Net do), which sliding-window inference needs.
+
+Built from the shared :class:`~medseg3d.models.parts.Encoder` and :class:`~medseg3d.models.parts.Decoder`; the
+weights of checkpoints written before (keys ``down.*``, ``up.*``, ``dec.*``) load under the new names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import nn
 
 from ..registry import MODELS
-from .base import SegNet, check_positive_int
-from .blocks import LayerSpec, StackedConvs, conv, max_pool, upsample
+from .base import KeyRule, SegNet, check_choice, check_dropout, check_positive_int
+from .blocks import LayerSpec, StackedConvs, conv, upsample
+from .parts import Decoder, Encoder
 
 
 @MODELS.register("unet")
 class UNet(SegNet):
     """U-Net with the 2D article's defaults for ``spatial_dims=2`` and the 3D paper's for ``spatial_dims=3``.
 
-    Defaults: 2D — ``base_filters=64, depth=4, norm=None, double_before_pool=False``;
-    3D — ``base_filters=32, depth=3, norm="batch", double_before_pool=True``. ``up_mode`` is ``"transpose"``
-    (the papers) or ``"linear"`` (bilinear/trilinear + 1-conv). Parameters with defaults: 2D 31.0 M (1 in, 2 out),
-    3D 19.1 M (1 in, 3 out).
+    Args:
+        spatial_dims: 3 (default) or 2; the defaults of the other arguments follow the paper of that dimension.
+        in_channels, out_channels: 1 and 2 by default.
+        base_filters: ``None`` = 64 in 2D, 32 in 3D.
+        depth: number of poolings; ``None`` = 4 in 2D, 3 in 3D.
+        norm: ``"default"`` = no norm in 2D, ``"batch"`` in 3D; or any norm spec (``None`` for none).
+        act: ``"relu"``.
+        double_before_pool: ``None`` = False in 2D, True in 3D (Çiçek: a level's second conv doubles the
+            channels, and the up-convolution keeps them).
+        up_mode: ``"transpose"`` (the papers) or ``"linear"``/``"nearest"`` (+ 1-conv when channels change).
+        dropout: channel dropout in the bottleneck convolutions (0).
+
+    Divisor ``2**depth``. Parameters with defaults:
+
+        2D, 1 in / 2 out: 31,030,658
+        3D, 1 in / 3 out: 19,071,459
     """
 
     paper = "Ronneberger 2015 (2D); Çiçek 2016 (3D)"
@@ -38,7 +53,7 @@ class UNet(SegNet):
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2, *,
                  base_filters: int | None = None, depth: int | None = None, norm: LayerSpec | str = "default",
-                 act: LayerSpec = "relu", double_before_pool: bool | None = None, up_mode: str = "transpose",
+                 act: LayerSpec = "relu", double_before_pool: bool | None = None, up_mode: Literal["transpose", "linear", "nearest"] = "transpose",
                  dropout: float = 0.0):
         super().__init__(spatial_dims, in_channels, out_channels)
         is3d = spatial_dims == 3
@@ -47,43 +62,30 @@ class UNet(SegNet):
         if norm == "default":
             norm = "batch" if is3d else None
         double = is3d if double_before_pool is None else bool(double_before_pool)
-        if up_mode not in ("transpose", "linear", "nearest"):
-            raise ValueError(f"up_mode must be 'transpose', 'linear' or 'nearest', got {up_mode!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_choice("up_mode", up_mode, ("transpose", "linear", "nearest"))
+        dropout = check_dropout("dropout", dropout)
         self.divisor = 2 ** depth
         self.depth = depth
+        sd = spatial_dims
 
-        # encoder: level i has convs (mid_i -> out_i)
-        self.down = nn.ModuleList()
-        self.pool = max_pool(spatial_dims, 2)
-        skip_ch: list[int] = []
-        ch = in_channels
-        for i in range(depth + 1):
-            c = base * 2 ** i
-            mid, out = (c, 2 * c) if double else (c, c)
-            self.down.append(StackedConvs(spatial_dims, ch, out, n=2, mid_ch=mid, norm=norm, act=act,
-                                          dropout_p=dropout if i == depth else 0.0))
-            skip_ch.append(out)
-            ch = out
+        # level i: two convs to (c, c), or (c, 2c) when the channels double before pooling
+        chans = [base * 2 ** i * (2 if double else 1) for i in range(depth + 1)]
 
-        # decoder: up (keep channels in 3D, halve in 2D), concat skip, two convs
-        self.up = nn.ModuleList()
-        self.dec = nn.ModuleList()
-        for i in reversed(range(depth)):
-            up_ch = ch if double else ch // 2
-            self.up.append(upsample(spatial_dims, ch, up_ch, mode=up_mode))
-            target = base * 2 ** (i + 1) if double else base * 2 ** i
-            self.dec.append(StackedConvs(spatial_dims, up_ch + skip_ch[i], target, n=2, norm=norm, act=act))
-            ch = target
-        self.head = conv(spatial_dims, ch, out_channels, 1)
+        def block(i: int, cin: int, cout: int) -> StackedConvs:
+            return StackedConvs(sd, cin, cout, n=2, mid_ch=cout // 2 if double else cout, norm=norm, act=act,
+                                dropout_p=dropout if i == depth else 0.0)
+
+        self.encoder = Encoder(sd, in_channels, chans, block, down="max")
+        # up-convolution: keeps the channels in Çiçek's layout, halves them (to the skip's) in Ronneberger's
+        self.decoder = Decoder(
+            self.encoder, lambda i, cin, cout: upsample(sd, cin, cout, mode=up_mode),
+            lambda i, cin, cout: StackedConvs(sd, cin, cout, n=2, norm=norm, act=act),
+            up_channels="below" if double else "skip",
+        )
+        self.head = conv(sd, chans[0], out_channels, 1)
+
+    def legacy_keys(self) -> list[KeyRule]:
+        return [(r"^down\.", "encoder.blocks."), (r"^up\.", "decoder.ups."), (r"^dec\.", "decoder.blocks.")]
 
     def _forward(self, x: torch.Tensor, **_: Any) -> torch.Tensor:
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else self.pool(x))
-            skips.append(x)
-        x = skips.pop()
-        for up, dec in zip(self.up, self.dec):
-            x = dec(torch.cat([up(x), skips.pop()], dim=1))
-        return self.head(x)
+        return self.head(self.decoder(self.encoder(x))[0])
