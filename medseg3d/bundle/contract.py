@@ -23,7 +23,7 @@ from ..errors import MedsegError
 from .network import build_network
 
 FORMAT = "medseg3d-checkpoint"
-VERSION = 2  # 1: no mirror axes, no weights checksum (still read)
+VERSION = 3  # 1: no mirror axes, no checksum; 2: u2net3d and unetpp had other defaults (both still read)
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,10 @@ def contract_from_meta(meta: Any, source: str, weights: dict | None = None, modu
         if key not in meta:
             raise MedsegError(f"{source}: its medseg3d metadata lacks '{key}'")
     cfg = validate_config(meta["config"], source=source)
+    if version < 3:  # the networks' defaults of the format the file was written in
+        from ..models import LEGACY_DEFAULTS
+
+        cfg.model.params = {**LEGACY_DEFAULTS.get(cfg.model.name, {}), **cfg.model.params}
 
     def head(d: Any, where: str) -> Head:
         ok = (isinstance(d, dict) and isinstance(d.get("channels"), list)

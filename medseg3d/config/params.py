@@ -33,9 +33,11 @@ class UNetParams(_Params):
 
 
 class VNetParams(_Params):
+    variant: Literal["paper", "caffe"] = Field("paper", description="the paper's figure (stages 1,2,3,3,3 / 3,3,2,1)"
+                                                                    " or the released Caffe model (1,1,2,3,3 / 3,2,1,1)")
     base_filters: int = Field(16, ge=1)
-    encoder_convs: list[int] = Field(default_factory=lambda: [1, 2, 3, 3, 3])
-    decoder_convs: list[int] = Field(default_factory=lambda: [3, 3, 2, 1])
+    encoder_convs: Optional[list[int]] = Field(None, description="default: the variant's")
+    decoder_convs: Optional[list[int]] = Field(None, description="default: the variant's")
     kernel_size: int = Field(5, ge=1)
     norm: LayerSpec = None
     act: LayerSpec = "prelu"
@@ -68,18 +70,25 @@ class SegResNetVAEParams(_Params):
 class U2Net3DParams(_Params):
     domains: list[str] = Field(default_factory=lambda: ["default"], description="taken from data.domains")
     base_filters: int = Field(16, ge=1)
-    levels: int = Field(5, ge=2)
+    levels: int = Field(6, ge=2, description="the authors' universal model: 6 (16...512)")
+    adapter: Literal["separable", "none"] = Field("separable", description="'none': the authors' shared model")
     norm: LayerSpec = ("instance", {"affine": True})
     act: LayerSpec = ("leakyrelu", {"negative_slope": 0.01})
-    deep_supervision: bool = False
+    deep_supervision: bool = True
+    side_outputs: Literal["sum", "list"] = Field("sum", description="'sum': side outputs added into the logits, as "
+                                                                    "the authors' code")
 
 
 class UNetPlusPlusParams(_Params):
     base_filters: int = Field(32, ge=1)
     depth: int = Field(4, ge=1)
+    unit: Literal["conv_norm_act", "zhou2018"] = Field("conv_norm_act", description="'zhou2018': the authors' "
+                                                                                     "units (ELU, dropout 0.5, no norm)")
     norm: LayerSpec = "batch"
     act: LayerSpec = "relu"
     deep_supervision: bool = True
+    inference_mode: Literal["accurate", "fast"] = Field("accurate", description="'accurate': the mean of the deep-"
+                                                                                 "supervision heads; 'fast': one head")
     inference_depth: Optional[int] = Field(None, ge=1)
     up_mode: UpMode = "transpose"
 
@@ -94,7 +103,7 @@ class MultiResUNetParams(_Params):
 
 
 class FCNParams(_Params):
-    variant: Literal["32s", "16s", "8s"] = "8s"
+    variant: Literal["8s", "16s", "32s"] = "8s"
     base_filters: int = Field(64, ge=1)
     fc_channels: Optional[int] = Field(None, ge=1)
     fc_kernel: int = Field(7, ge=1)

@@ -1,9 +1,8 @@
 """Export a model's network to ONNX or TorchScript.
 
 The exported graph takes ``image`` (N, C_in, X, Y, Z) and returns ``logits`` (N, C, X, Y, Z) in eval mode.
-It is traced at the config's ``train.patch_size``, which is the size of every sliding-window window; the batch
-axis is dynamic, and the spatial axes accept other sizes that are multiples of the network's divisor (the
-padding to the divisor is fixed at trace time). The model contract (config, channel and label names, regions,
+It is traced at the config's ``train.patch_size``; the batch and spatial axes are dynamic (the padding to the
+network's divisor is part of the graph, so any window size works). The model contract (config, channel and label names, regions,
 mirror axes) travels with the file (ONNX metadata ``medseg3d``; TorchScript extra file ``medseg3d.json``), so
 an exported file is given to ``Segmenter.from_checkpoint`` / ``medseg3d infer -m`` like a checkpoint.
 """
