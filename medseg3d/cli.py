@@ -14,7 +14,7 @@ import typer
 _STARTED = time.monotonic()  # the budget of `train` counts from the command's start
 _STATE = {"debug": False}
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"max_content_width": 120, "help_option_names": ["-h", "--help"]},
                   help="Volumetric-first 3D medical image segmentation (PyTorch + MONAI).")
 

@@ -45,7 +45,8 @@ def test_paper_settings():
     nnn = load_config(REPO / "configs" / "brats_nnn.yaml")
     assert nnn.train.patch_size == [128, 128, 128] and nnn.train.batch_size == 2
     assert nnn.model.params["base_filters"] == 30 and nnn.train.weight_decay == 1e-5
-    assert nnn.data.regions == {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]} and nnn.data.target == "labels"
+    # region-based, as the paper: sigmoid WT/TC/ET with Dice + BCE
+    assert nnn.data.regions == {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]} and nnn.data.target == "regions"
     assert nnn.postprocess.relabel.model_dump() == {"source": "enhancing", "target": "necrotic", "below_ml": 0.5}
     a = nnn.train.augment
     assert min(a.rotate_prob, a.scale_prob, a.elastic_prob, a.gamma_prob, a.flip_prob) > 0
