@@ -146,6 +146,24 @@ class Predictor:
         member.pre = next((m.pre for m in self.members if m is not member and m.config.preprocess == config.preprocess),
                           None) or mt.Compose(preprocess_transforms(config, keys=("image",)))
 
+    def check_memory(self, scan: Scan, variance: bool = False) -> int:
+        """Refuse, before any preprocessing, a scan whose preprocessing and inference would not fit in the
+        available memory (with the estimate in the message); returns the estimate in bytes."""
+        from ..io.memory import check_memory
+
+        zoom = 1.0
+        for m in self.members:  # the finest preprocessing grid of the ensemble
+            spacing = m.config.preprocess.spacing
+            if spacing is not None:
+                native = np.sqrt((scan.affine[:3, :3] ** 2).sum(0))
+                zoom = max(zoom, float(np.prod(native / np.asarray(spacing))))
+        c_in, c_out = scan.data.shape[0], self.members[0].head.n_out
+        # per voxel of the scan, in float32 arrays: the preprocessed copies (x2), the stitched logits and their
+        # weights on the preprocessed grid, the probabilities inverted to the scan (x2 for variance)
+        factor = c_in * 2 * zoom + (c_out + 1) * 2 * zoom + c_out * (4 if variance else 2)
+        source = scan.sources[0] if scan.sources else scan.name
+        return check_memory(source, scan.shape, c_in, factor / c_in, what="with preprocessing and inference")
+
     def describe(self) -> dict:
         """The window engine(s) of the members (for reports)."""
         return {"engine": "torch", "precision": "fp32"}
@@ -188,6 +206,7 @@ class Predictor:
             raise MedsegError("no model to predict with")
         if not np.any(scan.data):
             raise MedsegError(f"{scan.name}: the image is empty (every voxel is zero); nothing to segment")
+        self.check_memory(scan, variance)
         prepared: dict[int, MetaTensor] = {}  # one preprocessing per shared pipeline
         runs = []
         for m in self.members:
