@@ -191,7 +191,8 @@ def _segment_all(seg: Segmenter, plans: list[CaseOutputs], uncertainty, tta: boo
                 _segment_case(seg, plan, uncertainty, tta, log, allow_2d, rows)
             except OSError as e:  # a failed write (disk full, permissions): nothing of the case is left behind
                 raise MedsegError(f"{plan.labels.parent}: writing {plan.case.name}'s outputs failed "
-                                  f"({e.strerror or e})") from None
+                                  f"({e.strerror or e}), so none of them was written; free disk space or fix the "
+                                  f"folder's permissions, or choose another output folder") from None
             result.written.append(plan)
         except MedsegError as e:
             if len(plans) == 1:
