@@ -115,8 +115,11 @@ def check_writable(folder: Path) -> list[Path]:
         os.unlink(tmp)
     except OSError as e:
         _remove_empty(created)
-        raise MedsegError(f"{folder}: cannot write the outputs there ({e.strerror or e}); choose another output "
-                          f"folder or fix its permissions") from None
+        blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else (e.strerror or str(e))
+        what = "cannot write the outputs there" if folder.is_dir() else "cannot create the output folder"
+        raise MedsegError(f"{folder}: {what} ({reason}); choose another output folder or fix its "
+                          f"permissions") from None
     return created
 
 
