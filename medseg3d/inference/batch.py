@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..errors import MedsegError
 from ..io.cases import Case, collect_cases
-from ..io.scan import PathLike, atomic_write_all, image_suffix
+from ..io.scan import PathLike, atomic_write_all, case_name, image_suffix
 from ..io.writers import (FORMATS, check_format, format_for_path, image_writer, label_writer, map_format,
                           mask_paths, mask_writers, output_format, probabilities_writer)
 from ..version import __version__
@@ -70,6 +70,10 @@ def plan_outputs(cases: Sequence[Case], output: Path, fmt: Optional[str], *, sav
     single = _single_file_output(output)
     if single and len(cases) != 1:
         raise MedsegError(f"{output}: names one file but there are {len(cases)} cases; give an output folder")
+    if single and fmt is not None and not output.name.lower().endswith(
+            (FORMATS[fmt], *output_format(fmt).other_suffixes)):
+        raise MedsegError(f"{output}: the file name says {format_for_path(output)} but --format is {fmt}; name the "
+                          f"file {case_name(output)}{FORMATS[fmt]} or leave out --format")
     protected = {p.resolve() for c in cases for p in c.inputs}
     protected |= {f.resolve() for c in cases for p in c.inputs if p.is_dir() for f in p.iterdir()}
     plans = []
