@@ -159,10 +159,11 @@ class Segmenter:
     def configure(self, overlap: float | None = None, sw_batch_size: int | None = None) -> None:
         """Override the sliding-window settings of every member."""
         if overlap is not None and not 0 <= overlap < 1:
-            raise MedsegError(f"overlap {overlap} is outside [0, 1): it is the fraction of a window shared with "
-                              f"its neighbour, e.g. 0.5")
+            raise MedsegError(f"overlap {overlap} (--overlap, infer.overlap) is outside [0, 1): it is the fraction "
+                              f"of a window shared with its neighbour, e.g. 0.5")
         if sw_batch_size is not None and sw_batch_size < 1:
-            raise MedsegError(f"sw_batch_size {sw_batch_size} must be a positive number of windows per pass")
+            raise MedsegError(f"sw_batch_size {sw_batch_size} (--sw-batch-size, infer.sw_batch_size) must be a "
+                              f"positive number of windows per pass, e.g. 2")
         for m in self.members:
             if overlap is not None:
                 m.config.infer.overlap = overlap
