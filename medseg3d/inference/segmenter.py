@@ -188,7 +188,10 @@ class Segmenter:
             post = PostprocessConfig.model_validate(raw)
         except ValueError as e:
             err = e.errors()[0]
-            raise MedsegError(f"postprocessing option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            flag = _POSTPROCESS_FLAGS.get(str(err["loc"][0])) if err["loc"] else None
+            msg = err["msg"][:1].lower() + err["msg"][1:]
+            raise MedsegError(f"postprocessing option {'.'.join(map(str, err['loc']))}{f' ({flag})' if flag else ''}: "
+                              f"{msg}, got {err.get('input')!r}") from None
         if post.relabel is not None:
             for key in ("source", "target"):
                 if getattr(post.relabel, key) not in self.labels:
@@ -306,6 +309,10 @@ class Segmenter:
     def __repr__(self) -> str:
         return (f"Segmenter({self.config.model.name} x{len(self.members)}, channels={self.channels}, "
                 f"labels={list(self.labels)}, tta={self.tta}, device={self.device})")
+
+
+_POSTPROCESS_FLAGS = {"min_component_ml": "--min-size-ml", "largest_component": "--largest-component",
+                      "fill_holes": "--fill-holes", "relabel": "--relabel"}  # the options' `medseg3d infer` flags
 
 
 def _entropy(probs: np.ndarray, sigmoid: bool) -> np.ndarray:
