@@ -67,6 +67,23 @@ def weights_checksum(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def weights_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -> str:
+    """How a state dict ``given`` differs from a network's ``expected`` one, in a few words (empty if it fits)."""
+    shape = lambda t: list(getattr(t, "shape", []))  # noqa: E731
+    other = [k for k in expected if k in given and shape(given[k]) != shape(expected[k])]
+    missing = [k for k in expected if k not in given]
+    unknown = [k for k in given if k not in expected]
+    parts = []
+    if other:
+        parts.append(f"{len(other)} tensor(s) of other shapes, e.g. '{other[0]}' is {shape(given[other[0]])} in the "
+                     f"file but {shape(expected[other[0]])} in the network")
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. '{missing[0]}'")
+    if unknown:
+        parts.append(f"{len(unknown)} the network does not have, e.g. '{unknown[0]}'")
+    return "; ".join(parts)
+
+
 @dataclass
 class ModelContract:
     """A trained model: config, heads (``""`` for a single-domain model, else one per domain), mirror axes
@@ -115,8 +132,10 @@ class ModelContract:
         try:
             net.load_state_dict(self.weights)
         except RuntimeError as e:
-            raise MedsegError(f"{self.source}: its weights do not fit network '{self.config.model.name}' "
-                              f"({str(e).splitlines()[0]})") from None
+            raise MedsegError(f"{self.source}: its weights do not fit network '{self.config.model.name}' as its "
+                              f"config builds it ({weights_mismatch(net.state_dict(), self.weights) or e}); the "
+                              f"weights and the config come from different models: use the checkpoint as training "
+                              f"wrote it") from None
         return net.eval(), head
 
     # ---- serialisation ------------------------------------------------------------------------------------
