@@ -421,6 +421,16 @@ def export_output_parent_is_a_file(env: Env) -> Bad:
                lambda: export_checkpoint(env.ck["t1"], "onnx", out))
 
 
+@row
+def export_checkpoint_of_another_model(env: Env) -> Bad:
+    """The export fails after its output folders were made: they are removed again."""
+    from medseg3d.inference.export import export_checkpoint
+
+    ck, out = env.ck["misfit"], env.work / "exports" / "v2" / "model.onnx"
+    return Bad(["export", ck, "-o", out], [f"{ck}: its weights do not fit network 'unet'"],
+               lambda: export_checkpoint(ck, "onnx", out))
+
+
 # ------------------------------------------------------------------------------------------------ flags
 @row
 def infer_overlap_1_5(env: Env) -> Bad:
