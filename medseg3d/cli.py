@@ -260,6 +260,8 @@ def check(
     on errors (warnings allowed). `train` runs the same check first."""
     from .data.check import check_config as check_data, check_folder, format_problems
 
+    if not target.exists():
+        _fail(f"{target}: not found; give a dataset folder or a config file")
     if target.is_dir():
         problems, n = _run(check_folder, target)
         root = target

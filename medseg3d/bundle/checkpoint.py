@@ -58,8 +58,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                           f"weights and plain data, which could run code when loaded (nothing was run); use a "
                           f"checkpoint written by medseg3d") from None
     except Exception as e:  # truncated or not a torch file at all
-        raise MedsegError(f"{p}: not a readable medseg3d checkpoint ({type(e).__name__}: "
-                          f"{first_line(e).split(' In PyTorch')[0]}); is the file complete?") from None
+        reason = first_line(e).split(" In PyTorch")[0].split(". ")[0].rstrip(".")  # torch adds paragraphs of advice
+        raise MedsegError(f"{p}: not a readable medseg3d checkpoint ({type(e).__name__}: {reason}); is the file "
+                          f"complete? Copy it again from where training wrote it") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise MedsegError(f"{p}: not a medseg3d checkpoint (no '{FORMAT}' marker)")
     for key in ("model", "config", "channels", "labels"):

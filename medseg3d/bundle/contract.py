@@ -24,6 +24,7 @@ from .network import build_network
 
 FORMAT = "medseg3d-checkpoint"
 VERSION = 3  # 1: no mirror axes, no checksum; 2: u2net3d and unetpp had other defaults (both still read)
+REWRITE = "the file is damaged or was not written by medseg3d, so write it again (medseg3d train, or export)"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,23 @@ def weights_checksum(state: dict[str, torch.Tensor]) -> str:
             h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def weights_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -> str:
+    """How a state dict ``given`` differs from a network's ``expected`` one, in a few words (empty if it fits)."""
+    shape = lambda t: list(getattr(t, "shape", []))  # noqa: E731
+    other = [k for k in expected if k in given and shape(given[k]) != shape(expected[k])]
+    missing = [k for k in expected if k not in given]
+    unknown = [k for k in given if k not in expected]
+    parts = []
+    if other:
+        parts.append(f"{len(other)} tensor(s) of other shapes, e.g. '{other[0]}' is {shape(given[other[0]])} in the "
+                     f"file but {shape(expected[other[0]])} in the network")
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. '{missing[0]}'")
+    if unknown:
+        parts.append(f"{len(unknown)} the network does not have, e.g. '{unknown[0]}'")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -115,8 +133,10 @@ class ModelContract:
         try:
             net.load_state_dict(self.weights)
         except RuntimeError as e:
-            raise MedsegError(f"{self.source}: its weights do not fit network '{self.config.model.name}' "
-                              f"({str(e).splitlines()[0]})") from None
+            raise MedsegError(f"{self.source}: its weights do not fit network '{self.config.model.name}' as its "
+                              f"config builds it ({weights_mismatch(net.state_dict(), self.weights) or e}); the "
+                              f"weights and the config come from different models: use the checkpoint as training "
+                              f"wrote it") from None
         return net.eval(), head
 
     # ---- serialisation ------------------------------------------------------------------------------------
@@ -144,13 +164,13 @@ def contract_from_meta(meta: Any, source: str, weights: dict | None = None, modu
     """Read a contract from a checkpoint dict or exported metadata (format version 1 or 2); anything malformed is
     one MedsegError naming ``source``."""
     if not isinstance(meta, dict):
-        raise MedsegError(f"{source}: its medseg3d metadata is not a mapping")
+        raise MedsegError(f"{source}: its medseg3d metadata is not a mapping; {REWRITE}")
     version = meta.get("version", 1)
     if not isinstance(version, int) or version > VERSION:
         raise MedsegError(f"{source}: written by a newer medseg3d (model format {version}); update medseg3d")
     for key in ("config", "channels", "labels"):
         if key not in meta:
-            raise MedsegError(f"{source}: its medseg3d metadata lacks '{key}'")
+            raise MedsegError(f"{source}: its medseg3d metadata lacks '{key}'; {REWRITE}")
     cfg = validate_config(meta["config"], source=source)
     if version < 3:  # the networks' defaults of the format the file was written in
         from ..models import LEGACY_DEFAULTS
@@ -166,13 +186,13 @@ def contract_from_meta(meta: Any, source: str, weights: dict | None = None, modu
                   isinstance(v, list) and all(isinstance(x, int) for x in v) for v in d["regions"].values()))))
         if not ok or not d["channels"] or not d["labels"]:
             raise MedsegError(f"{source}: malformed {where} in its medseg3d metadata (channels must be a list of "
-                              f"names, labels a mapping of names to integer values)")
+                              f"names, labels a mapping of names to integer values); {REWRITE}")
         return Head(list(d["channels"]), dict(d["labels"]), d.get("regions") or None)
 
     domains = meta.get("domains")
     if domains:
         if not isinstance(domains, dict):
-            raise MedsegError(f"{source}: malformed 'domains' in its medseg3d metadata")
+            raise MedsegError(f"{source}: malformed 'domains' in its medseg3d metadata; {REWRITE}")
         heads = {str(k): head(v, f"domain '{k}'") for k, v in domains.items()}
     else:
         heads = {"": head(meta, "head")}
@@ -182,7 +202,7 @@ def contract_from_meta(meta: Any, source: str, weights: dict | None = None, modu
         if cfg.model.spatial_dims == 2 and isinstance(cfg.model.slice_axis, int):
             axes = tuple(a for a in range(3) if a != cfg.model.slice_axis)
     if not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) and 0 <= a <= 2 for a in axes):
-        raise MedsegError(f"{source}: malformed 'mirror_axes' in its medseg3d metadata")
+        raise MedsegError(f"{source}: malformed 'mirror_axes' in its medseg3d metadata; {REWRITE}")
     exported = meta.get("domain")
     return ModelContract(cfg, heads, tuple(axes), weights, module, source, int(version),
                          exported if isinstance(exported, str) else None, dict(extra or {}))

@@ -121,6 +121,17 @@ def validate_config(raw: dict, source: str = "config") -> Config:
     return cfg
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own message spans several lines). A Python tag
+    (``!!python/object/apply:...``) is refused by the safe loader before anything runs, which it says."""
+    problem = getattr(e, "problem", None) or next((line for line in str(e).splitlines() if line.strip()), "")
+    mark = getattr(e, "problem_mark", None)
+    text = problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+    if "python/" in problem:
+        text += "; a config is plain YAML, and Python tags are refused without running them: remove the tag"
+    return text
+
+
 def apply_override(raw: dict, item: str, source: str = "--set") -> None:
     """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``3``, ``[1,2]``, ``true``)."""
     if "=" not in item:
@@ -137,7 +148,7 @@ def apply_override(raw: dict, item: str, source: str = "--set") -> None:
     try:
         node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as e:
-        raise MedsegError(f"{source}: cannot parse the value of {key!r}: {e}") from None
+        raise MedsegError(f"{source}: cannot parse the value of {key!r}: {yaml_problem(e)}") from None
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
@@ -170,7 +181,7 @@ def load_config(path: str | Path | dict | Config, overrides: list[str] | None = 
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise MedsegError(f"{p}: not valid YAML: {e}") from None
+            raise MedsegError(f"{p}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise MedsegError(f"{source}: the config must be a YAML mapping, got {type(raw).__name__}")
     _resolve_paths(raw, base)

@@ -332,7 +332,8 @@ class Config(_Strict):
         if self.model.spatial_dims == 2:  # 2D: the in-plane size, or three with 1 along the slice axis
             check_patch_2d(self.train.patch_size, self.model.slice_axis)
         elif len(self.train.patch_size) != 3 or any(p < 1 for p in self.train.patch_size):
-            raise ValueError("train.patch_size must be three positive integers")
+            raise ValueError(f"train.patch_size must be three positive integers (voxels per axis, e.g. [64, 64, 64]), "
+                             f"got {list(self.train.patch_size)}")
         elif self.model.context_slices:
             raise ValueError("model.context_slices needs model.spatial_dims: 2")
         if self.data.domains and self.model.name != "u2net3d":

@@ -143,7 +143,7 @@ def _msd(root: Path, meta: dict, path: Path, strict: bool = True) -> DatasetInfo
         for case in lists["training"]:  # (the nnU-Net and BraTS layouts find their files by listing folders)
             for f in case["image"] + ([case["label"]] if case["label"] else []):
                 if not Path(f).is_file():
-                    raise MedsegError(f"{f}: listed in {path} but not found")
+                    raise MedsegError(f"{f}: listed in {path} but not found; fix the entry or put the file there")
     return DatasetInfo(root, "msd", channels, labels, lists["training"], lists["test"])
 
 

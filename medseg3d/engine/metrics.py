@@ -199,6 +199,6 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, labels: Mapping[s
         except MedsegError as e:
             bad.append(str(e))
     if bad:
-        raise MedsegError(f"{len(bad)} prediction(s) are not on their reference's grid: " + "; ".join(bad[:3])
+        raise MedsegError(f"{len(bad)} of {len(common)} prediction(s) cannot be scored: " + "; ".join(bad[:3])
                           + ("; ..." if len(bad) > 3 else ""))
     return rows

@@ -226,13 +226,17 @@ class Trainer:
         cache)."""
         if not self.dist.main:
             distributed.barrier(self.dist)
+        shapes = []
         for dom in self.domains:
             for ds in dom.cached:
                 if ds is None:
                     continue
                 for i in range(len(ds)):
-                    ds[i]
+                    shapes.append(tuple(ds[i]["image"].shape[1:]))
         if self.dist.main:
+            warning = patch_padding_warning(self.cfg, shapes)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
             distributed.barrier(self.dist)
 
     def _build_model(self) -> torch.nn.Module:
@@ -493,6 +497,25 @@ class Trainer:
         yield from DataLoader(dom.train_ds, batch_sampler=index_batches(), num_workers=t.num_workers,
                               collate_fn=lambda b: list_data_collate([_image_label(x) for x in b]),
                               persistent_workers=True, pin_memory=self.device.type == "cuda")
+
+
+def patch_padding_warning(cfg: Config, shapes: list[tuple[int, ...]]) -> str | None:
+    """The sentence that tells the user when a 3D ``train.patch_size`` is larger than every preprocessed image
+    along an axis (``shapes``): training still runs, on patches zero-padded there, which costs time and memory
+    for voxels that hold nothing. None when the patch fits some image along every axis."""
+    patch = list(cfg.train.patch_size)
+    if cfg.model.spatial_dims != 3 or not shapes:
+        return None
+    largest = [max(int(s[a]) for s in shapes) for a in range(3)]
+    if all(p <= m for p, m in zip(patch, largest)):
+        return None
+    fit = [min(p, m) for p, m in zip(patch, largest)]
+    spacing = cfg.preprocess.spacing
+    at = f" at {' x '.join(f'{v:g}' for v in spacing)} mm" if spacing else ""
+    return (f"train.patch_size {patch} is larger than every preprocessed image (the largest are "
+            f"{' x '.join(map(str, largest))} voxels{at}); patches are zero-padded to the patch size, which costs "
+            f"time and memory for nothing, so set train.patch_size to at most {fit}, rounded down to a multiple of "
+            f"the network's downsampling factor")
 
 
 def _windows(size: int, roi: int, overlap: float) -> int:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..errors import MedsegError
 from ..io.cases import Case, collect_cases
-from ..io.scan import PathLike, atomic_write_all, image_suffix
+from ..io.scan import PathLike, atomic_write_all, case_name, image_suffix
 from ..io.writers import (FORMATS, check_format, format_for_path, image_writer, label_writer, map_format,
                           mask_paths, mask_writers, output_format, probabilities_writer)
 from ..version import __version__
@@ -70,6 +70,10 @@ def plan_outputs(cases: Sequence[Case], output: Path, fmt: Optional[str], *, sav
     single = _single_file_output(output)
     if single and len(cases) != 1:
         raise MedsegError(f"{output}: names one file but there are {len(cases)} cases; give an output folder")
+    if single and fmt is not None and not output.name.lower().endswith(
+            (FORMATS[fmt], *output_format(fmt).other_suffixes)):
+        raise MedsegError(f"{output}: the file name says {format_for_path(output)} but --format is {fmt}; name the "
+                          f"file {case_name(output)}{FORMATS[fmt]} or leave out --format")
     protected = {p.resolve() for c in cases for p in c.inputs}
     protected |= {f.resolve() for c in cases for p in c.inputs if p.is_dir() for f in p.iterdir()}
     plans = []
@@ -115,8 +119,11 @@ def check_writable(folder: Path) -> list[Path]:
         os.unlink(tmp)
     except OSError as e:
         _remove_empty(created)
-        raise MedsegError(f"{folder}: cannot write the outputs there ({e.strerror or e}); choose another output "
-                          f"folder or fix its permissions") from None
+        blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else (e.strerror or str(e))
+        what = "cannot write the outputs there" if folder.is_dir() else "cannot create the output folder"
+        raise MedsegError(f"{folder}: {what} ({reason}); choose another output folder or fix its "
+                          f"permissions") from None
     return created
 
 
@@ -191,7 +198,8 @@ def _segment_all(seg: Segmenter, plans: list[CaseOutputs], uncertainty, tta: boo
                 _segment_case(seg, plan, uncertainty, tta, log, allow_2d, rows)
             except OSError as e:  # a failed write (disk full, permissions): nothing of the case is left behind
                 raise MedsegError(f"{plan.labels.parent}: writing {plan.case.name}'s outputs failed "
-                                  f"({e.strerror or e})") from None
+                                  f"({e.strerror or e}), so none of them was written; free disk space or fix the "
+                                  f"folder's permissions, or choose another output folder") from None
             result.written.append(plan)
         except MedsegError as e:
             if len(plans) == 1:

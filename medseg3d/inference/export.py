@@ -47,6 +47,23 @@ def export_checkpoint(checkpoint: PathLike, fmt: str, output: PathLike, domain: 
         raise MedsegError(f"{checkpoint}: is already an exported model; export from a checkpoint or run folder")
     if Path(output).resolve() == Path(contract.source).resolve():
         raise MedsegError(f"{output}: would overwrite the checkpoint; choose another output file")
+    if Path(output).is_dir():
+        raise MedsegError(f"{output}: is a folder; give the file to write, e.g. {Path(output) / 'model.onnx'}")
+    from .batch import _remove_empty, check_writable
+
+    created = check_writable(Path(output).parent)  # before the export's work: the folder must take the file
+    try:
+        return atomic_write(output, _writer(contract, fmt, domain))
+    except OSError as e:  # disk full, permissions changed: the temporary file is gone, nothing was written
+        raise MedsegError(f"{output}: writing the exported model failed ({e.strerror or e}), so nothing was "
+                          f"written; free disk space or choose another output file") from None
+    finally:
+        if not Path(output).exists():
+            _remove_empty(created)  # a folder made for a file that never came is not left behind
+
+
+def _writer(contract, fmt: str, domain: str | None):
+    """``write(path)`` of the exported network (traced now)."""
     model, head = contract.build(domain)
     net = _Logits(model, head.domain).eval()
     example = torch.zeros(1, len(head.channels) * _stack(contract), *contract.config.train.patch_size)
@@ -65,10 +82,10 @@ def export_checkpoint(checkpoint: PathLike, fmt: str, output: PathLike, domain: 
                               dynamic_axes={"image": axes, "logits": axes})
             proto = onnx.load_from_string(buf.getvalue())
             onnx.helper.set_model_props(proto, {META_KEY: meta})
-            return atomic_write(output, lambda tmp: onnx.save(proto, tmp))
+            return lambda tmp: onnx.save(proto, tmp)
         with torch.no_grad():
             traced = torch.jit.trace(net, example)
-    return atomic_write(output, lambda tmp: torch.jit.save(traced, tmp, _extra_files={f"{META_KEY}.json": meta}))
+    return lambda tmp: torch.jit.save(traced, tmp, _extra_files={f"{META_KEY}.json": meta})
 
 
 def _stack(contract) -> int:

@@ -205,7 +205,8 @@ class Predictor:
         if not self.members:
             raise MedsegError("no model to predict with")
         if not np.any(scan.data):
-            raise MedsegError(f"{scan.name}: the image is empty (every voxel is zero); nothing to segment")
+            raise MedsegError(f"{scan.sources[0] if scan.sources else 'image'}: the image is empty (every voxel is "
+                              f"zero), so there is nothing to segment; check that this is the right file")
         self.check_memory(scan, variance)
         prepared: dict[int, MetaTensor] = {}  # one preprocessing per shared pipeline
         runs = []

@@ -159,10 +159,11 @@ class Segmenter:
     def configure(self, overlap: float | None = None, sw_batch_size: int | None = None) -> None:
         """Override the sliding-window settings of every member."""
         if overlap is not None and not 0 <= overlap < 1:
-            raise MedsegError(f"overlap {overlap} is outside [0, 1): it is the fraction of a window shared with "
-                              f"its neighbour, e.g. 0.5")
+            raise MedsegError(f"overlap {overlap} (--overlap, infer.overlap) is outside [0, 1): it is the fraction "
+                              f"of a window shared with its neighbour, e.g. 0.5")
         if sw_batch_size is not None and sw_batch_size < 1:
-            raise MedsegError(f"sw_batch_size {sw_batch_size} must be a positive number of windows per pass")
+            raise MedsegError(f"sw_batch_size {sw_batch_size} (--sw-batch-size, infer.sw_batch_size) must be a "
+                              f"positive number of windows per pass, e.g. 2")
         for m in self.members:
             if overlap is not None:
                 m.config.infer.overlap = overlap
@@ -187,7 +188,10 @@ class Segmenter:
             post = PostprocessConfig.model_validate(raw)
         except ValueError as e:
             err = e.errors()[0]
-            raise MedsegError(f"postprocessing option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            flag = _POSTPROCESS_FLAGS.get(str(err["loc"][0])) if err["loc"] else None
+            msg = err["msg"][:1].lower() + err["msg"][1:]
+            raise MedsegError(f"postprocessing option {'.'.join(map(str, err['loc']))}{f' ({flag})' if flag else ''}: "
+                              f"{msg}, got {err.get('input')!r}") from None
         if post.relabel is not None:
             for key in ("source", "target"):
                 if getattr(post.relabel, key) not in self.labels:
@@ -305,6 +309,10 @@ class Segmenter:
     def __repr__(self) -> str:
         return (f"Segmenter({self.config.model.name} x{len(self.members)}, channels={self.channels}, "
                 f"labels={list(self.labels)}, tta={self.tta}, device={self.device})")
+
+
+_POSTPROCESS_FLAGS = {"min_component_ml": "--min-size-ml", "largest_component": "--largest-component",
+                      "fill_holes": "--fill-holes", "relabel": "--relabel"}  # the options' `medseg3d infer` flags
 
 
 def _entropy(probs: np.ndarray, sigmoid: bool) -> np.ndarray:

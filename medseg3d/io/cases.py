@@ -127,7 +127,9 @@ def collect_cases(inputs: Sequence[PathLike], channels: Sequence[str],
     cases = [c for p in paths if p.is_dir() for c in _folder_cases(p, channels)]
     if channels_per_case:
         if len(files) % channels_per_case:
-            raise MedsegError(f"{len(files)} files do not split into cases of {channels_per_case} channel files")
+            raise MedsegError(f"--channels-per-case {channels_per_case}: the {len(files)} file(s) given do not "
+                              f"split into cases of {channels_per_case} channel files; give {channels_per_case} "
+                              f"files per case, in channel order")
         for i in range(0, len(files), channels_per_case):
             group = files[i:i + channels_per_case]
             tags = [channel_tag(f, channels) for f in group]

@@ -181,7 +181,21 @@ def _same_grid(o: Opened, ref: Opened, what: str) -> None:
     if o.spatial != ref.spatial:
         raise MedsegError(f"{o.source}: shape {o.spatial} differs from {ref.source} {ref.spatial}; {what}")
     if not np.allclose(o.affine, ref.affine, atol=AFFINE_TOLERANCE):
-        raise MedsegError(f"{o.source}: its geometry (affine) differs from {ref.source}; {what}")
+        raise MedsegError(f"{o.source}: its geometry (affine) differs from {ref.source}; {what}; here "
+                          f"{affine_difference(o.affine, ref.affine)}")
+
+
+def affine_difference(a: np.ndarray, b: np.ndarray) -> str:
+    """How two voxel -> RAS affines differ, in a few words: how far apart the origins are, and how much the
+    voxel axes (spacing and direction) differ."""
+    parts = []
+    dist = float(np.linalg.norm(a[:3, 3] - b[:3, 3]))
+    if dist > AFFINE_TOLERANCE:
+        parts.append(f"the origins are {dist:.3g} mm apart")
+    axes = float(np.abs(a[:3, :3] - b[:3, :3]).max())
+    if axes > AFFINE_TOLERANCE:
+        parts.append(f"the voxel axes differ by up to {axes:.3g} mm")
+    return " and ".join(parts) or "they differ by less than a micrometre"
 
 
 def read_scan(paths: PathLike | Sequence[PathLike], channels: int | None = None, allow_2d: bool = False) -> Scan:

@@ -151,7 +151,8 @@ def check_spatial(spatial: tuple[int, ...], shape: tuple[int, ...], source: str,
         raise MedsegError(f"{source}: is not a volume (shape {shape}: one voxel along {flat} axes); give a 3D volume")
     if flat == 1 and not allow_2d:
         raise MedsegError(f"{source}: is 2D (shape {shape}); the model is 3D; give a volume with several slices "
-                          "along every axis, or allow single-slice images (allow_2d=True)")
+                          "along every axis, or allow single-slice images (allow_2d=True), which `medseg3d infer` "
+                          "does with --allow-2d")
 
 
 def check_finite(data: np.ndarray, source: str) -> None:
