@@ -108,8 +108,8 @@ def plan(
     here, print each decision with the number behind it and write a commented config to train."""
     from .plan import plan_command
 
-    raise typer.Exit(plan_command(dataset, budget, device, output, echo=typer.echo, verbose=verbose,
-                                  refresh=rebenchmark))
+    raise typer.Exit(_run(plan_command, dataset, budget, device, output, echo=typer.echo, verbose=verbose,
+                          refresh=rebenchmark))
 
 
 @app.command()

@@ -428,7 +428,7 @@ def _time_preprocess(spec: dict, device: torch.device) -> float:
 def _time_progress_png(spec: dict, device: torch.device) -> float:
     import tempfile
 
-    from ..engine.trainer import write_progress_png
+    from ..engine.plots import write_progress_png
 
     hist = [{"epoch": i + 1, "iterations": 10 * (i + 1), "train_loss": 1.0 / (i + 1), "val_loss": 1.0,
              "val_dice_mean": 0.5, "val_dice_a": 0.5, "lr": 1e-3} for i in range(20)]
@@ -454,11 +454,13 @@ def _time_startup(spec: dict, device: torch.device) -> float:
 def _time_checkpoint(spec: dict, device: torch.device) -> float:
     import tempfile
 
-    from ..engine.checkpoint import save_checkpoint
+    from ..bundle import Head, ModelContract, save_checkpoint
+    from ..config import load_config
 
-    w = torch.zeros(spec["bytes"] // 4)
+    contract = ModelContract(load_config({"data": {"root": "."}}), {"": Head(["image"], {"background": 0})}, (),
+                             {"w": torch.zeros(spec["bytes"] // 4)})
     with tempfile.TemporaryDirectory() as d:
-        return _fastest(lambda: save_checkpoint({"model": {"w": w}}, Path(d) / "last.pt"), torch.device("cpu"),
+        return _fastest(lambda: save_checkpoint(contract, Path(d) / "last.pt"), torch.device("cpu"),
                         min_total=0.0, max_reps=2)
 
 
