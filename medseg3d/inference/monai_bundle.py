@@ -270,8 +270,9 @@ def inference_config(contract: ModelContract, head: Head, bundle_root: str, step
         "imports": ["$import glob", "$import os", "$import runpy", "$import torch"],
         "bundle_root": f"$next((p for p in [{bundle_root!r}, '.'] if os.path.isfile(os.path.join(p, "
                        f"{MODEL_FILE!r}))), {bundle_root!r})",
-        "dataset_dir": ".",
-        "datalist": f"$sorted(f for p in [{patterns}] for f in glob.glob(os.path.join(@dataset_dir, p)))",
+        "dataset_dir": "",
+        "datalist": f"$sorted(f for p in [{patterns}] for f in glob.glob(os.path.join(@dataset_dir, p))) "
+                    f"if @dataset_dir else []",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
         "output_postfix": "seg",
         "output_ext": ".nii.gz",
@@ -378,7 +379,7 @@ def readme(contract: ModelContract, head: Head, steps: list[str]) -> str:
     norm = {"zscore_nonzero": "z-score per channel on the nonzero voxels", "zscore": "z-score per channel",
             "ct": "clip to the dataset's [p0.5, p99.5] and z-score with its mean and std, per channel",
             "none": "none"}[p.normalize]
-    post = ("\n".join(f"- `{s}`" for s in steps) if steps else "none")
+    post = "; ".join(f"`{s}`" for s in steps) if steps else "none"
     chans = ", ".join(f"{i}: {c}" for i, c in enumerate(head.channels))
     patterns = "`, `".join(INPUT_PATTERNS)
     domain = f", domain {head.domain}" if head.domain else ""
@@ -388,30 +389,33 @@ def readme(contract: ModelContract, head: Head, steps: list[str]) -> str:
     to_labels = ("thresholded at 0.5 and painted as labels" if head.regions else
                  "voxels outside the crop are background; argmax; class indices mapped to the label values")
     crop = "; crop to the voxels where any channel is nonzero" if p.crop_foreground else ""
-    spacing = p.spacing or "the scan's own spacing (none)"
+    spacing = f"resample to {p.spacing} mm" if p.spacing else "keep the scan's spacing"
     return f"""# {cfg.name}: a medseg3d model as a MONAI bundle
 
-{cfg.model.name} ({cfg.model.spatial_dims}D){domain}, exported by medseg3d
-{__version__} from `{Path(contract.source).name}`. The network is TorchScript (`models/model.ts`); the pipeline is
-plain MONAI (`configs/inference.json`): running it needs MONAI, torch, nibabel and fire (MONAI's command
-line){scipy}, not medseg3d and not pytorch-ignite (`pip install monai nibabel fire`).
+{cfg.model.name} ({cfg.model.spatial_dims}D){domain}, exported by medseg3d {__version__} from `{Path(contract.source).name}`.
+
+The network is TorchScript (`models/model.ts`); the pipeline is plain MONAI (`configs/inference.json`).
+Running it needs MONAI, torch, nibabel and fire (MONAI's command line){scipy}; not medseg3d, not pytorch-ignite
+(`pip install monai nibabel fire`).
 
 ## Run it
+
+FOLDER is this bundle's folder:
 
 ```bash
 python -m monai.bundle run --config_file FOLDER/configs/inference.json \\
     --dataset_dir /data/scans --output_dir /data/segmentations
 ```
 
-- `--dataset_dir DIR` segments every `{patterns}` in `DIR`; or give the files:
-  `--datalist "['/data/a.nii.gz', '/data/b.nii.gz']"`. One file per case holds all channels
-  (4D NIfTI, channels last); a case given as one file per channel is a list in the datalist:
+- `--dataset_dir DIR` segments every `{patterns}` in `DIR`. Or name the files:
+  `--datalist "['/data/a.nii.gz', '/data/b.nii.gz']"`. A file holds all channels of a case (4D NIfTI,
+  channels last); a case stored as one file per channel is a list in the datalist, in the channel order below:
   `--datalist "[['c_t1.nii.gz', 'c_t1ce.nii.gz', ...]]"`.
-- Output: `OUTPUT_DIR/<input name>_seg.nii.gz` (default `FOLDER/eval/`): the label map on the input's own
-  grid; `--output_postfix`, `--output_ext .nrrd` change the name.
-- The bundle finds its files at the folder it was written to, or in the current folder; moved elsewhere, run
-  it from inside the folder or add `--bundle_root FOLDER`.
-- GPU: used when available (`--device "$torch.device('cpu')"` forces the CPU).
+- Output: `OUTPUT_DIR/<input name>_seg.nii.gz` (default `FOLDER/eval/`), the label map on the input's own grid
+  (its shape and affine); `--output_postfix` changes the suffix.
+- The bundle finds its files in the folder it was written to, or in the current folder; if it was moved, run
+  it from inside its folder or add `--bundle_root FOLDER`.
+- A GPU is used when there is one; `--device "$torch.device('cpu')"` forces the CPU.
 
 ## Input channels
 
@@ -423,14 +427,13 @@ python -m monai.bundle run --config_file FOLDER/configs/inference.json \\
 |---:|---|
 {rows}
 {regions}
-## What the pipeline does (the same as `medseg3d infer`, without TTA or ensembles)
+## What the pipeline does (as `medseg3d infer`, without TTA or ensembles)
 
-1. Load, channels first; reorient to {p.orientation}; resample to {spacing}
-   mm{crop}; normalisation: {norm}.
-2. Sliding window{slices}: window
-   {window_size(contract)}, overlap {inf.overlap}, {inf.blend} blending, {inf.sw_batch_size} windows per batch.
-3. {act}; the probabilities are brought back onto the input's grid
-   (`Invertd`, linear interpolation); {to_labels}.
+1. Load, channels first; reorient to {p.orientation}; {spacing}{crop}; normalisation: {norm}.
+2. Sliding window{slices}: window {window_size(contract)}, overlap {inf.overlap}, {inf.blend} blending,
+   {inf.sw_batch_size} windows per batch.
+3. {act}; the probabilities are brought back onto the input's grid (`Invertd`, linear interpolation);
+   {to_labels}.
 4. Postprocessing: {post}
 5. Saved with the input's affine and shape.
 """
