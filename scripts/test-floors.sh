@@ -9,8 +9,8 @@
 #                                                               # packages pyproject.toml does not declare
 #   MEDSEG3D_FLOORS_FRESH=1 bash scripts/test-floors.sh                                   # rebuild the venv
 #
-# Slow and not part of CI: about 3-5 minutes to build the environment (torch alone is ~200 MB) and about
-# 3-5 minutes for the tests on 2 CPU cores (measured on a loaded 2-core machine: build 4 min, tests 4 min).
+# Slow and not part of CI: building the environment took 95 s on a loaded 2-core machine with pip's cache warm
+# (add a few minutes when torch, ~200 MB, and the rest are downloaded for the first time); the tests took 40 s.
 # The environment lives in .venv-floors/ (it ignores itself in git); it is rebuilt when pyproject.toml,
 # constraints.txt or MEDSEG3D_FLOORS_OVERRIDE change. Needs python3 (>= 3.10) and access to a package index.
 set -euo pipefail

@@ -40,7 +40,7 @@ from ..bundle import Head, ModelContract
 from ..data.labels import region_write_values
 from ..errors import MedsegError
 from ..io.nifti import label_dtype
-from ..io.scan import PathLike
+from ..io.scan import PathLike, current_umask
 from ..version import __version__
 from . import postprocess as _post
 from .export import save_torchscript, torchscript_module, window_size
@@ -107,8 +107,7 @@ def write_monai_bundle(contract: ModelContract, output: PathLike, domain: str | 
         _write_json(tmp / "configs" / "metadata.json", metadata(contract, head, steps))
         (tmp / "configs" / "logging.conf").write_text(LOGGING_CONF)
         (tmp / "docs" / "README.md").write_text(readme(contract, head, steps))
-        mode = 0o777 & ~_umask()
-        os.chmod(tmp, mode)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it private
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
@@ -116,12 +115,6 @@ def write_monai_bundle(contract: ModelContract, output: PathLike, domain: str | 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_json(path: Path, data: dict) -> None:

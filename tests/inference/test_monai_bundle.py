@@ -266,3 +266,16 @@ def test_export_emits_no_warnings(tmp_path, fmt, name):
     ref, _ = load_model(ck).build()
     with torch.no_grad():
         assert torch.allclose(m(x), ref(x), atol=1e-5)
+
+
+def test_the_metadata_describes_the_network(tmp_path):
+    """MONAI's own check: a window of the metadata's input shape through ``network_def`` gives the metadata's
+    output channels."""
+    from monai.bundle import verify_net_in_out
+
+    bundle = export_checkpoint(V1, "monai-bundle", tmp_path / "b")
+    verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
+                      config_file=str(bundle / "configs" / "inference.json"), device="cpu")
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 4
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32, 32]
