@@ -171,14 +171,23 @@ def infer(
 @app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="checkpoint file or run folder"),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx or torchscript"),
-    output: Path = typer.Option(..., "--output", "-o", help="file to write (.onnx or .pt)"),
+    fmt: str = typer.Option("onnx", "--format", "-f",
+                            help="onnx, torchscript, or monai-bundle (a folder that `python -m monai.bundle run` "
+                                 "runs without medseg3d: preprocessing, sliding window and label mapping as MONAI "
+                                 "transforms, the network as TorchScript)"),
+    output: Path = typer.Option(..., "--output", "-o", help="file to write (.onnx or .pt), or a new folder for "
+                                                             "monai-bundle"),
     domain: Optional[str] = typer.Option(None, "--domain", help="multi-domain model: which domain (default: first)"),
 ):
-    """Export the network (eval mode) to ONNX or TorchScript; the model contract goes with it."""
+    """Export the network (eval mode) to ONNX or TorchScript, the model contract going with it; or the whole
+    inference pipeline as a MONAI bundle (run it as its docs/README.md says)."""
     from .inference.export import export_checkpoint
 
-    typer.echo(f"wrote {_run(export_checkpoint, checkpoint, fmt, output, domain)}")
+    out = _run(export_checkpoint, checkpoint, fmt, output, domain)
+    typer.echo(f"wrote {out}")
+    if fmt == "monai-bundle":
+        typer.echo(f"run it with: python -m monai.bundle run --config_file {out / 'configs' / 'inference.json'} "
+                   f"--dataset_dir SCANS --output_dir OUT   (needs monai, nibabel, fire)")
 
 
 @app.command()
