@@ -31,7 +31,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from monai import transforms as mt
 from monai.data import Dataset, PersistentDataset, list_data_collate
@@ -349,33 +348,7 @@ class Trainer:
         def final() -> None:
             final_validation(net, cfg, self.domains, self.run_dir, self.device, self.mirror_axes, self.multi)
 
-        has_val = d.main and any(dom.val_ds is not None for dom in self.domains)
-        lr = lambda: opt.param_groups[0]["lr"]  # noqa: E731
-        callbacks: list[cb.Callback] = []
-        if t.budget:
-            callbacks.append(cb.Budget(parse_duration(t.budget), self.started_at,
-                                       *self._validation_estimates(net) if has_val else (0.0, 0.0),
-                                       save_s=self._save_estimate(net)))
-        signals = cb.Signals()
-        callbacks.append(signals)
-        if d.enabled:
-            callbacks.append(cb.SyncStop(lambda flag: distributed.any_rank(flag, d, self.device),
-                                         lambda reason: distributed.gather(reason, d)))
-        if has_val:
-            callbacks.append(cb.Validation(validate, t.val_every))
-        if d.main:
-            callbacks.append(cb.History(self.run_dir / "log.csv", self._log_fields(), lr))
-        callbacks.append(cb.Checkpoints(self.run_dir, save, write=d.main))
-        if d.main:
-            callbacks.append(cb.ProgressPlot(self.run_dir / "progress.png"))
-            if t.tensorboard:
-                callbacks.append(cb.TensorBoard(self.run_dir / "tensorboard",
-                                                state.iteration if self.resume_from is not None else None, lr))
-            callbacks.append(cb.Progress())
-        callbacks.append(cb.RestoreSignals(signals))
-        if has_val:
-            callbacks.append(cb.FinalValidation(final))
-
+        callbacks = self._callbacks(net, opt, state, save, validate, final)
         if d.main:
             n_params = sum(p.numel() for p in net.parameters())
             print(f"run folder: {self.run_dir}", flush=True)
@@ -407,6 +380,39 @@ class Trainer:
                 f"was saved: continue with `medseg3d train {self.run_dir / 'config.yaml'} --resume {self.run_dir}`",
                 state.stop)
         return self.run_dir
+
+    def _callbacks(self, net, opt, state: TrainState, save, validate, final) -> list[cb.Callback]:
+        """The loop's callbacks, in order: budget, signals, (rank sync), validation, log, checkpoints, plot,
+        TensorBoard, progress, the handlers restored, the final validation. Other ranks than 0 only take part
+        in the budget, signals, the stop sync and the checkpoints' random states."""
+        t, d = self.cfg.train, self.dist
+        has_val = d.main and any(dom.val_ds is not None for dom in self.domains)
+        lr = lambda: opt.param_groups[0]["lr"]  # noqa: E731
+        callbacks: list[cb.Callback] = []
+        if t.budget:
+            callbacks.append(cb.Budget(parse_duration(t.budget), self.started_at,
+                                       *self._validation_estimates(net) if has_val else (0.0, 0.0),
+                                       save_s=self._save_estimate(net)))
+        signals = cb.Signals()
+        callbacks.append(signals)
+        if d.enabled:
+            callbacks.append(cb.SyncStop(lambda flag: distributed.any_rank(flag, d, self.device),
+                                         lambda reason: distributed.gather(reason, d)))
+        if has_val:
+            callbacks.append(cb.Validation(validate, t.val_every))
+        if d.main:
+            callbacks.append(cb.History(self.run_dir / "log.csv", self._log_fields(), lr))
+        callbacks.append(cb.Checkpoints(self.run_dir, save, write=d.main))
+        if d.main:
+            callbacks.append(cb.ProgressPlot(self.run_dir / "progress.png"))
+            if t.tensorboard:
+                callbacks.append(cb.TensorBoard(self.run_dir / "tensorboard",
+                                                state.iteration if self.resume_from is not None else None, lr))
+            callbacks.append(cb.Progress())
+        callbacks.append(cb.RestoreSignals(signals))
+        if has_val:
+            callbacks.append(cb.FinalValidation(final))
+        return callbacks
 
     def _restore(self, ck: dict, net, opt, sched, scaler, state: TrainState, sampler, transform_states) -> None:
         """Weights, optimiser, schedule, counters, best metric and every random state of ``last.pt``."""

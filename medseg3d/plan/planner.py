@@ -254,244 +254,281 @@ def make_plan(fp: dict, device_costs: DeviceCosts, budget_s: float | None = None
     """Plan a config for the fingerprinted dataset on the measured device within ``budget_s`` seconds of wall
     clock (None: plan for quality as nnU-Net and estimate the time). ``spent_s`` is time already used out of
     the budget (e.g. fingerprinting and benchmarking inside ``medseg3d train DATASET``)."""
-    costs = device_costs
-    decisions: list[Decision] = []
-    extras: dict[str, Any] = {}
-
-    def add(*a, **k) -> None:
-        decisions.append(Decision(*a, **k))
-
-    n_cases = len(fp["cases"])
-    labels = fp["labels"]
-    channels = [c["name"] for c in fp["channels"]]
     if budget_s is not None and budget_s <= 0:
         raise MedsegError(f"the budget must be positive, got {budget_s} s")
+    ctx = _Planning(fp, device_costs, budget_s, float(spent_s))
+    _plan_geometry(ctx, num_folds, seed)
+    _plan_normalisation(ctx)
+    _plan_network(ctx)
+    _plan_training(ctx)
+    _plan_window(ctx)
+    return Plan(_config(ctx, name, num_folds), ctx.decisions, ctx.extras, ctx.est, device_costs.device, budget_s,
+                ctx.chosen)
 
-    # spacing and shapes
-    geo = planned_geometry(fp)
+
+@dataclass
+class _Planning:
+    """What the planning steps share: the inputs, the decisions so far and the chosen candidate."""
+
+    fp: dict
+    costs: DeviceCosts
+    budget_s: float | None
+    spent: float
+    decisions: list[Decision] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+    est: dict[str, float] = field(default_factory=dict)
+    geo: dict[str, Any] = field(default_factory=dict)
+    setting: Any = None
+    plane_median: list[float] = field(default_factory=list)
+    val_ids: list[str] = field(default_factory=list)
+    normalize: str = "zscore_nonzero"
+    ct: bool = False
+    chosen: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
+    sw_batch: int = 2
+
+    def add(self, *a, **k) -> None:
+        self.decisions.append(Decision(*a, **k))
+
+    @property
+    def channels(self) -> list[str]:
+        return [c["name"] for c in self.fp["channels"]]
+
+
+def _plan_geometry(ctx: _Planning, num_folds: int, seed: int) -> None:
+    """Target spacing, orientation, 3D or 2.5D (slice axis, context slices)."""
+    fp = ctx.fp
+    geo = ctx.geo = planned_geometry(fp)
     spacing, median, dims, axis, context, ratio = (geo["spacing"], geo["median"], geo["dims"], geo["slice_axis"],
                                                    geo["context_slices"], geo["ratio"])
-    add("spacing", spacing, geo["spacing_because"], "preprocess.spacing")
-    shapes = geo["shapes"]
-    val_ids = validation_ids(fp, num_folds, seed)
-    by_id = {c["id"]: s for c, s in zip(fp["cases"], shapes)}
-    val_shapes = [by_id[i] for i in val_ids]
+    ctx.add("spacing", spacing, geo["spacing_because"], "preprocess.spacing")
+    ctx.val_ids = validation_ids(fp, num_folds, seed)
+    by_id = {c["id"]: s for c, s in zip(fp["cases"], geo["shapes"])}
     orients = fp.get("orientations", {})
-    add("orientation", "RAS", f"{len(orients)} orientation(s) among {n_cases} cases "
-        f"({', '.join(f'{k} x{v}' for k, v in orients.items())}); every case is reoriented to RAS",
-        "preprocess.orientation")
-
-    # 2D or 3D
+    ctx.add("orientation", "RAS", f"{len(orients)} orientation(s) among {len(fp['cases'])} cases "
+            f"({', '.join(f'{k} x{v}' for k, v in orients.items())}); every case is reoriented to RAS",
+            "preprocess.orientation")
     if dims == 2:
-        n_slices = median[axis]
-        add("dims", "2.5D", f"target spacing {_fmt_mm(spacing)} mm is {ratio:.1f}x coarser on axis {axis} "
-            f"(> {ANISO_RATIO:g}); medseg3d's U-Net pools every axis alike", "model.spatial_dims")
-        add("slice axis", axis, f"the coarse axis ({spacing[axis]:.3g} mm)", "model.slice_axis")
-        add("context slices", context, f"{context} neighbouring slice(s) each side as channels (median "
-            f"{n_slices:.0f} slices{'' if context == 2 else ', fewer than 16'})", "model.context_slices")
-        plane_median = [m for i, m in enumerate(median) if i != axis]
+        ctx.add("dims", "2.5D", f"target spacing {_fmt_mm(spacing)} mm is {ratio:.1f}x coarser on axis {axis} "
+                f"(> {ANISO_RATIO:g}); medseg3d's U-Net pools every axis alike", "model.spatial_dims")
+        ctx.add("slice axis", axis, f"the coarse axis ({spacing[axis]:.3g} mm)", "model.slice_axis")
+        ctx.add("context slices", context, f"{context} neighbouring slice(s) each side as channels (median "
+                f"{median[axis]:.0f} slices{'' if context == 2 else ', fewer than 16'})", "model.context_slices")
+        ctx.plane_median = [m for i, m in enumerate(median) if i != axis]
     else:
-        add("dims", "3D", f"target spacing {_fmt_mm(spacing)} mm: largest/smallest {ratio:.2f} <= "
-            f"{ANISO_RATIO:g}", "model.spatial_dims")
-        plane_median = median
-    in_ch = len(channels) * (2 * context + 1)
-    setting = _Setting(dims, axis, context, in_ch, len(channels), len(labels), plane_median,
-                       [max(1, int(round(v))) for v in median], val_shapes)
+        ctx.add("dims", "3D", f"target spacing {_fmt_mm(spacing)} mm: largest/smallest {ratio:.2f} <= "
+                f"{ANISO_RATIO:g}", "model.spatial_dims")
+        ctx.plane_median = list(median)
+    channels = len(ctx.channels)
+    ctx.setting = _Setting(dims, axis, context, channels * (2 * context + 1), channels, len(fp["labels"]),
+                           ctx.plane_median, [max(1, int(round(v))) for v in median],
+                           [by_id[i] for i in ctx.val_ids])
 
-    # normalisation
+
+def _plan_normalisation(ctx: _Planning) -> None:
+    """CT (clip + the dataset's z-score, nnU-Net's CTNormalization) or a per-image z-score for MRI."""
+    fp = ctx.fp
     ct = [c for c in fp["channels"] if c["ct_like"]]
+    ctx.ct = bool(ct)
     if ct:
-        stats = [{"lower": c["p00_5"], "upper": c["p99_5"], "mean": c["mean"], "std": c["std"]}
-                 for c in fp["channels"]]
-        extras["preprocess.normalize"] = "ct"
-        extras["preprocess.intensity_stats"] = stats
-        add("normalisation", "ct (clip + dataset z-score)",
-            "; ".join(f"{c['name']}: CT-like ({c['ct_reason']}), clip to [{c['p00_5']:.0f}, {c['p99_5']:.0f}] "
-                      f"then (x - {c['mean']:.1f}) / {c['std']:.1f}" for c in ct)
-            + "; until preprocess.normalize has 'ct' the config says zscore", "preprocess.normalize")
-        normalize = "zscore"
-    else:
-        rel = float(np.median([math.prod(c["crop_shape_ras"]) / max(c["voxels"], 1) for c in fp["cases"]]))
-        normalize = "zscore_nonzero" if rel < 0.75 else "zscore"
-        add("normalisation", normalize, "MRI-like intensities (no channel CT-like): z-score per image"
+        ctx.extras["preprocess.normalize"] = "ct"
+        ctx.extras["preprocess.intensity_stats"] = [
+            {"lower": c["p00_5"], "upper": c["p99_5"], "mean": c["mean"], "std": c["std"]} for c in fp["channels"]]
+        ctx.add("normalisation", "ct (clip + dataset z-score)",
+                "; ".join(f"{c['name']}: CT-like ({c['ct_reason']}), clip to [{c['p00_5']:.0f}, {c['p99_5']:.0f}] "
+                          f"then (x - {c['mean']:.1f}) / {c['std']:.1f}" for c in ct), "preprocess.normalize")
+        ctx.normalize = "zscore"  # (written as 'ct' with its statistics: the extras above)
+        return
+    rel = float(np.median([math.prod(c["crop_shape_ras"]) / max(c["voxels"], 1) for c in fp["cases"]]))
+    ctx.normalize = "zscore_nonzero" if rel < 0.75 else "zscore"
+    ctx.add("normalisation", ctx.normalize, "MRI-like intensities (no channel CT-like): z-score per image"
             + (f", inside the nonzero mask: the foreground crop keeps {rel:.0%} of the median image (< 75%)"
                if rel < 0.75 else f" over all voxels: the foreground crop keeps {rel:.0%} of the median image"),
             "preprocess.normalize")
 
-    # fixed costs
-    total_in = sum(c["voxels"] * len(channels) for c in fp["cases"])
-    read_s = sum(c.get("read_seconds", 0.0) for c in fp["cases"])
-    pre_s = read_s + costs.preprocess_seconds(total_in)
-    startup = costs.startup_seconds(STARTUP_S)
-    spent = float(spent_s)
 
+def _plan_network(ctx: _Planning) -> None:
+    """The candidate (patch, width, depth, batch, overlap, spatial augmentation) and its schedule."""
+    fp, costs, s = ctx.fp, ctx.costs, ctx.setting
+    dims, in_ch, n_out = s.dims, s.in_ch, s.out_ch
+    pre_s = (sum(c.get("read_seconds", 0.0) for c in fp["cases"])
+             + costs.preprocess_seconds(sum(c["voxels"] * s.channels for c in fp["cases"])))
+    startup = costs.startup_seconds(STARTUP_S)
     lad = LADDER[dims]
-    on_cpu = costs.device == "cpu"
-    sw_batch = (2 if on_cpu else 4) if dims == 3 else (16 if on_cpu else 64)
-    med_vox = math.prod(plane_median)
+    ctx.sw_batch = (2 if costs.device == "cpu" else 4) if dims == 3 else (16 if costs.device == "cpu" else 64)
+    med_vox = math.prod(ctx.plane_median)
 
     def evaluate(patch, base, batch, overlap, spatial) -> dict:
         patch, depth = fit_divisor(patch, base, dims)
-        t = _cost(costs, setting, patch, base, depth, batch, spatial)
-        val = _val_pass(costs, setting, patch, base, depth, overlap, sw_batch)
-        params = parameter_count(dims, base, depth, in_ch, len(labels))
+        params = parameter_count(dims, base, depth, in_ch, n_out)
         cover = min(math.prod(patch) / max(med_vox, 1.0), 1.0)
-        return {"patch": patch, "base": base, "depth": depth, "batch": batch, "in_ch": in_ch,
-                "out_ch": len(labels), "step_s": t, "val_s": val,
+        val = _val_pass(costs, s, patch, base, depth, overlap, ctx.sw_batch)
+        return {"patch": patch, "base": base, "depth": depth, "batch": batch, "in_ch": in_ch, "out_ch": n_out,
+                "step_s": _cost(costs, s, patch, base, depth, batch, spatial), "val_s": val,
                 "final_val_s": val * FINAL_VAL_FACTOR, "params": params, "coverage": cover,
                 "overhead_s": costs.epoch_overhead_seconds(params), "overlap": overlap, "spatial": spatial,
                 "score": math.log2(cover) + math.log2(base) + 0.25 * math.log2(batch)}
 
-    patches = patch_candidates(plane_median, dims, lad["min_side"], lad["max_side"])
+    patches = patch_candidates(ctx.plane_median, dims, lad["min_side"], lad["max_side"])
+    ctx.est.update(startup=startup, preprocess=pre_s)
+    if ctx.budget_s is None:
+        c = _quality(evaluate, patches, lad)
+        train_s = NNUNET_EPOCHS * NNUNET_ITERS * c["step_s"]
+        n_val = max(0, int(VAL_SHARE * train_s / max(c["val_s"], 1e-9)))
+        val_every = max(1, math.ceil((NNUNET_EPOCHS - 1) / n_val)) if n_val else NNUNET_EPOCHS
+        ctx.chosen = {**c, "steps": NNUNET_EPOCHS * NNUNET_ITERS, "ipe": NNUNET_ITERS, "epochs": NNUNET_EPOCHS,
+                      "val_every": val_every, "passes": (NNUNET_EPOCHS - 1) // val_every}
+        ctx.schedule = {"want": None, "avail": None}
+        return
+    budget_s = ctx.budget_s
+    want = steps_wanted(budget_s)
+    avail = budget_s - ctx.spent - startup - pre_s - MARGIN * budget_s
+    chosen = _fit_budget(evaluate, patches, lad, avail, budget_s, want, 0.5)
+    if chosen is None or chosen["final_val_s"] > VAL_SHARE * budget_s:  # fewer windows
+        chosen = _fit_budget(evaluate, patches, lad, avail, budget_s, want, 0.25) or chosen
+    if chosen is None:
+        chosen = _smallest(evaluate, patches, lad, avail, budget_s)
+    if chosen["steps"] < 20:
+        need = ctx.spent + startup + pre_s + chosen["final_val_s"] + 20 * chosen["step_s"]
+        raise MedsegError(f"a budget of {budget_s:.0f} s is too small for {fp.get('root', 'this dataset')} on "
+                          f"{costs.name}: startup, preprocessing and the final validation alone take about "
+                          f"{need - 20 * chosen['step_s']:.0f} s; give at least {math.ceil(need / 0.9):.0f} s")
+    ctx.chosen = chosen
+    ctx.schedule = {"want": want, "avail": avail}
 
-    if budget_s is None:
-        chosen = _quality(evaluate, patches, lad)
-        iters = NNUNET_EPOCHS * NNUNET_ITERS
-        ipe = NNUNET_ITERS
-        epochs = NNUNET_EPOCHS
-        train_s = iters * chosen["step_s"]
-        n_val_allowed = max(0, int(VAL_SHARE * train_s / max(chosen["val_s"], 1e-9)))
-        val_every = max(1, math.ceil((epochs - 1) / n_val_allowed)) if n_val_allowed else epochs
-        passes = (epochs - 1) // val_every
-        est = {"startup": startup, "preprocess": pre_s, "training": train_s,
-               "validation": passes * chosen["val_s"], "final_validation": chosen["final_val_s"],
-               "epoch_overhead": epochs * chosen["overhead_s"]}
-        lr_opt = ("sgd", 0.01, "nnU-Net's SGD (momentum 0.99, Nesterov) with poly decay over "
-                  f"{NNUNET_EPOCHS} epochs x {NNUNET_ITERS} iterations")
-        steps_because = f"nnU-Net's {NNUNET_EPOCHS} epochs x {NNUNET_ITERS} iterations (no budget)"
-        train_budget = None
-    else:
-        want = steps_wanted(budget_s)
-        avail = budget_s - spent - startup - pre_s - MARGIN * budget_s
-        chosen = _fit_budget(evaluate, patches, lad, avail, budget_s, want, 0.5)
-        if chosen is None or chosen["final_val_s"] > VAL_SHARE * budget_s:  # fewer windows
-            chosen = _fit_budget(evaluate, patches, lad, avail, budget_s, want, 0.25) or chosen
-        if chosen is None:
-            chosen = _smallest(evaluate, patches, lad, avail, budget_s)
-        if chosen["steps"] < 20:
-            need = spent + startup + pre_s + chosen["final_val_s"] + 20 * chosen["step_s"]
-            raise MedsegError(f"a budget of {budget_s:.0f} s is too small for {fp.get('root', 'this dataset')} on "
-                              f"{costs.name}: startup, preprocessing and the final validation alone take about "
-                              f"{need - 20 * chosen['step_s']:.0f} s; give at least {math.ceil(need / 0.9):.0f} s")
-        iters, ipe, epochs, passes, val_every = (chosen["steps"], chosen["ipe"], chosen["epochs"],
-                                                 chosen["passes"], chosen["val_every"])
-        est = {"startup": startup, "preprocess": pre_s, "training": iters * chosen["step_s"],
-               "validation": passes * chosen["val_s"], "final_validation": chosen["final_val_s"],
-               "epoch_overhead": epochs * chosen["overhead_s"]}
-        short = iters <= 2000
-        lr_opt = ("adam", 3e-3 if short else 1e-3,
-                  f"{iters} steps: Adam {'3e-3 (a short schedule needs large early steps)' if short else '1e-3'} "
-                  f"with poly decay to 0 at the last planned step")
-        steps_because = (f"{budget_s:.0f} s budget: {avail - est['validation'] - est['epoch_overhead']:.0f} s "
-                         f"for training at {chosen['step_s']:.3f} s/step (measured step + augmentation of "
-                         f"{chosen['batch']}); the plan wanted >= {want}")
-        train_budget = budget_s  # the trainer keeps everything (final validation included) inside it
-        if chosen["steps"] < want:
-            steps_because += f" (the budget is too small for {want}; this is the smallest candidate)"
 
+def _plan_training(ctx: _Planning) -> None:
+    """The decisions of the chosen candidate: network, steps, optimiser, validation, augmentation, budget."""
+    c, costs, budget_s, est = ctx.chosen, ctx.costs, ctx.budget_s, ctx.est
+    dims = ctx.setting.dims
+    iters, ipe, epochs, passes, val_every = c["steps"], c["ipe"], c["epochs"], c["passes"], c["val_every"]
+    est.update(training=iters * c["step_s"], validation=passes * c["val_s"], final_validation=c["final_val_s"],
+               epoch_overhead=epochs * c["overhead_s"])
     est["total"] = sum(est.values())
-    if spent:
-        est["spent"] = spent
-        est["total"] += spent
-
-    # record the network decisions
-    patch, base, depth, batch = chosen["patch"], chosen["base"], chosen["depth"], chosen["batch"]
-    add("patch", list(patch), f"{chosen['coverage']:.0%} of the median image "
-        f"{'x'.join(f'{m:.0f}' for m in plane_median)} at the target spacing"
-        + ("" if budget_s is None else f"; score log2(coverage)+log2(width)+0.25 log2(batch) = "
-           f"{chosen['score']:.2f}, best that reaches the wanted steps"), "train.patch_size")
-    add("depth", depth, f"pool while the smallest patch axis ({min(patch)}) is >= 8 (bottom "
-        f"{min(patch) // 2 ** depth}), at most 512 bottom channels; divisor {2 ** depth}", "model.params.depth")
-    add("width", base, f"{chosen['params'] / 1e6:.2f} M parameters; a step takes {chosen['step_s']:.3f} s on "
-        f"{costs.name} (benchmark)" + (" (nnU-Net's 32)" if budget_s is None else ""), "model.params.base_filters")
-    add("batch", batch, "nnU-Net's minimum of 2" if dims == 3 and batch == 2 else
-        f"{batch} per step ({'slices' if dims == 2 else 'patches'})", "train.batch_size")
-    thr = costs.thread_seconds
-    if on_cpu:
-        extras["train.threads"] = costs.threads
-        add("threads", costs.threads, "fastest reference step: " + ", ".join(
-            f"{k} thread{'s' if k != '1' else ''} {v:.3f} s" for k, v in thr.items()), "train.threads")
-    add("iterations", iters, steps_because, "train.iterations")
-    add("epoch length", ipe, f"iterations per epoch: at least {MIN_EPOCH}, and enough that last.pt + "
-        f"progress.png ({chosen['overhead_s']:.2f} s) stay under {EPOCH_OVERHEAD_SHARE:.0%} of an epoch"
-        if budget_s is not None else "nnU-Net's 250", "train.iters_per_epoch")
-    add("optimizer", lr_opt[0], lr_opt[2], "train.optimizer")
-    add("learning rate", lr_opt[1], "poly (power 0.9) over the planned steps", "train.lr")
-    share = f"{VAL_SHARE:.0%} of {'the budget' if budget_s is not None else 'training'}"
-    if passes:
-        val_because = (f"every {val_every} epoch(s): {passes} pass(es) of {chosen['val_s']:.1f} s over "
-                       f"{len(val_ids)} validation case(s) = {est['validation']:.0f} s <= {share}, then the final one")
+    if ctx.spent:
+        est["spent"] = ctx.spent
+        est["total"] += ctx.spent
+    if budget_s is None:
+        ctx.schedule["lr"] = ("sgd", 0.01, "nnU-Net's SGD (momentum 0.99, Nesterov) with poly decay over "
+                              f"{NNUNET_EPOCHS} epochs x {NNUNET_ITERS} iterations")
+        steps_because = f"nnU-Net's {NNUNET_EPOCHS} epochs x {NNUNET_ITERS} iterations (no budget)"
     else:
-        val_because = (f"only the final validation: a pass over {len(val_ids)} validation case(s) takes "
-                       f"{chosen['val_s']:.1f} s and more would exceed {share}")
-    add("validation", val_every, val_because, "train.val_every")
-    add("overlap", chosen["overlap"], f"a validation pass at this overlap takes {chosen['val_s']:.1f} s",
-        "infer.overlap")
-    add("windows per forward", sw_batch, f"default for a {'CPU' if on_cpu else 'GPU'} "
-        f"({'slices' if dims == 2 else 'windows'} per network call)", "infer.sw_batch_size")
+        short = iters <= 2000
+        ctx.schedule["lr"] = ("adam", 3e-3 if short else 1e-3, f"{iters} steps: Adam "
+                              f"{'3e-3 (a short schedule needs large early steps)' if short else '1e-3'} "
+                              f"with poly decay to 0 at the last planned step")
+        want, avail = ctx.schedule["want"], ctx.schedule["avail"]
+        steps_because = (f"{budget_s:.0f} s budget: {avail - est['validation'] - est['epoch_overhead']:.0f} s "
+                         f"for training at {c['step_s']:.3f} s/step (measured step + augmentation of "
+                         f"{c['batch']}); the plan wanted >= {want}")
+        if iters < want:
+            steps_because += f" (the budget is too small for {want}; this is the smallest candidate)"
+    patch, base, depth, batch = c["patch"], c["base"], c["depth"], c["batch"]
+    ctx.add("patch", list(patch), f"{c['coverage']:.0%} of the median image "
+            f"{'x'.join(f'{m:.0f}' for m in ctx.plane_median)} at the target spacing"
+            + ("" if budget_s is None else f"; score log2(coverage)+log2(width)+0.25 log2(batch) = "
+               f"{c['score']:.2f}, best that reaches the wanted steps"), "train.patch_size")
+    ctx.add("depth", depth, f"pool while the smallest patch axis ({min(patch)}) is >= 8 (bottom "
+            f"{min(patch) // 2 ** depth}), at most 512 bottom channels; divisor {2 ** depth}", "model.params.depth")
+    ctx.add("width", base, f"{c['params'] / 1e6:.2f} M parameters; a step takes {c['step_s']:.3f} s on "
+            f"{costs.name} (benchmark)" + (" (nnU-Net's 32)" if budget_s is None else ""),
+            "model.params.base_filters")
+    ctx.add("batch", batch, "nnU-Net's minimum of 2" if dims == 3 and batch == 2 else
+            f"{batch} per step ({'slices' if dims == 2 else 'patches'})", "train.batch_size")
+    if costs.device == "cpu":
+        ctx.extras["train.threads"] = costs.threads
+        ctx.add("threads", costs.threads, "fastest reference step: " + ", ".join(
+            f"{k} thread{'s' if k != '1' else ''} {v:.3f} s" for k, v in costs.thread_seconds.items()),
+            "train.threads")
+    ctx.add("iterations", iters, steps_because, "train.iterations")
+    ctx.add("epoch length", ipe, f"iterations per epoch: at least {MIN_EPOCH}, and enough that last.pt + "
+            f"progress.png ({c['overhead_s']:.2f} s) stay under {EPOCH_OVERHEAD_SHARE:.0%} of an epoch"
+            if budget_s is not None else "nnU-Net's 250", "train.iters_per_epoch")
+    opt, lr, why = ctx.schedule["lr"]
+    ctx.add("optimizer", opt, why, "train.optimizer")
+    ctx.add("learning rate", lr, "poly (power 0.9) over the planned steps", "train.lr")
+    share = f"{VAL_SHARE:.0%} of {'the budget' if budget_s is not None else 'training'}"
+    n_val = len(ctx.val_ids)
+    ctx.add("validation", val_every, (
+        f"every {val_every} epoch(s): {passes} pass(es) of {c['val_s']:.1f} s over {n_val} validation case(s) = "
+        f"{est['validation']:.0f} s <= {share}, then the final one") if passes else (
+        f"only the final validation: a pass over {n_val} validation case(s) takes {c['val_s']:.1f} s and more "
+        f"would exceed {share}"), "train.val_every")
+    ctx.add("overlap", c["overlap"], f"a validation pass at this overlap takes {c['val_s']:.1f} s", "infer.overlap")
+    ctx.add("windows per forward", ctx.sw_batch, f"default for a {'CPU' if costs.device == 'cpu' else 'GPU'} "
+            f"({'slices' if dims == 2 else 'windows'} per network call)", "infer.sw_batch_size")
+    _smallest_structure(ctx)
+    spatial = c["spatial"]
+    ctx.schedule["augment"] = aug = {
+        "flip_prob": 0.5, "intensity_prob": 0.15, "gamma_prob": 0.0 if ctx.ct else 0.3, "noise_prob": 0.1,
+        "rotate_prob": 0.2 if spatial else 0.0, "scale_prob": 0.2 if spatial else 0.0, "elastic_prob": 0.0}
+    ctx.add("augmentation", ", ".join(k[:-5] for k, v in aug.items() if v),
+            ("CT: Hounsfield units are calibrated, no gamma" if ctx.ct else "MRI: gamma for contrast differences")
+            + ("; rotation and scaling (nnU-Net's p 0.2)" if spatial else
+               f"; no rotation/scaling ({iters} steps < {SPATIAL_AUG_STEPS} or not affordable)"), "train.augment")
+    if budget_s is not None:
+        ctx.add("budget", f"{budget_s:.0f} s", f"startup {est['startup']:.0f} s (measured imports + 2 s) + "
+                f"preprocessing {est['preprocess']:.1f} s + training {est['training']:.0f} s + validation "
+                f"{est['validation']:.0f} s + final validation {est['final_validation']:.0f} s + epoch bookkeeping "
+                f"{est['epoch_overhead']:.0f} s = {est['total']:.0f} s; train.budget {budget_s:.0f} s: the trainer "
+                f"stops training early enough for everything to fit if a step is slower than planned", "train.budget")
+    else:
+        ctx.add("estimated time", _human(est["total"]), f"{iters} steps x {c['step_s']:.3f} s on {costs.name} "
+                f"+ validation {est['validation']:.0f} s + preprocessing {est['preprocess']:.0f} s")
 
-    # the smallest structure at the target spacing (reported: what the spacing leaves of it)
-    small = [(n, c) for n, c in (fp.get("classes") or {}).items() if c.get("object_ml_median")]
+
+def _smallest_structure(ctx: _Planning) -> None:
+    """The smallest structure at the target spacing (reported: what the spacing leaves of it)."""
+    small = [(n, c) for n, c in (ctx.fp.get("classes") or {}).items() if c.get("object_ml_median")]
     if small:
         n, c = min(small, key=lambda nc: nc[1]["object_ml_median"])
-        vox_ml = math.prod(spacing) / 1000.0
-        add("smallest structure", n, f"its median object is {c['object_ml_median']:.2g} ml = "
-            f"{c['object_ml_median'] / vox_ml:.0f} voxels at the target spacing (smallest "
-            f"{c['object_ml_min']:.2g} ml); median {c['fraction']:.2%} of an image")
+        vox_ml = math.prod(ctx.geo["spacing"]) / 1000.0
+        ctx.add("smallest structure", n, f"its median object is {c['object_ml_median']:.2g} ml = "
+                f"{c['object_ml_median'] / vox_ml:.0f} voxels at the target spacing (smallest "
+                f"{c['object_ml_min']:.2g} ml); median {c['fraction']:.2%} of an image")
 
-    # augmentation
-    spatial = chosen["spatial"]
-    aug = {"flip_prob": 0.5, "intensity_prob": 0.15, "gamma_prob": 0.0 if ct else 0.3, "noise_prob": 0.1,
-           "rotate_prob": 0.2 if spatial else 0.0, "scale_prob": 0.2 if spatial else 0.0, "elastic_prob": 0.0}
-    add("augmentation", ", ".join(k[:-5] for k, v in aug.items() if v),
-        ("CT: Hounsfield units are calibrated, no gamma" if ct else "MRI: gamma for contrast differences")
-        + ("; rotation and scaling (nnU-Net's p 0.2)" if spatial else
-           f"; no rotation/scaling ({iters} steps < {SPATIAL_AUG_STEPS} or not affordable)"), "train.augment")
 
-    # sliding window: is a larger window faster?
-    bigger = _larger_window(setting, patch, depth)
-    if bigger is not None and val_shapes:
-        t_now = _val_pass(costs, setting, patch, base, depth, chosen["overlap"], sw_batch)
-        t_big = _val_pass(costs, setting, bigger, base, depth, chosen["overlap"], sw_batch)
-        faster = t_big < 0.8 * t_now
-        add("inference window", list(bigger) if faster else list(patch),
+def _plan_window(ctx: _Planning) -> None:
+    """Sliding window: is a window larger than the training patch faster?"""
+    c, s = ctx.chosen, ctx.setting
+    bigger = _larger_window(s, c["patch"], c["depth"])
+    if bigger is None or not s.val_shapes:
+        return
+    t_now = _val_pass(ctx.costs, s, c["patch"], c["base"], c["depth"], c["overlap"], ctx.sw_batch)
+    t_big = _val_pass(ctx.costs, s, bigger, c["base"], c["depth"], c["overlap"], ctx.sw_batch)
+    faster = t_big < 0.8 * t_now
+    ctx.add("inference window", list(bigger) if faster else list(c["patch"]),
             f"windows of {list(bigger)} would take {t_big:.1f} s per validation pass vs {t_now:.1f} s with the "
             f"training patch" + (" (proposed infer.window_size)" if faster else ""), "infer.window_size")
-        if faster:
-            extras["infer.window_size"] = list(bigger)
+    if faster:
+        ctx.extras["infer.window_size"] = list(bigger)
 
-    if budget_s is not None:
-        add("budget", f"{budget_s:.0f} s", f"startup {startup:.0f} s (measured imports + 2 s) + preprocessing "
-            f"{pre_s:.1f} s + training "
-            f"{est['training']:.0f} s + validation {est['validation']:.0f} s + final validation "
-            f"{est['final_validation']:.0f} s + epoch bookkeeping {est['epoch_overhead']:.0f} s = "
-            f"{est['total']:.0f} s; train.budget {train_budget:.0f} s: the trainer stops training early enough "
-            f"for everything to fit if a step is slower than planned", "train.budget")
-    else:
-        add("estimated time", _human(est["total"]), f"{iters} steps x {chosen['step_s']:.3f} s on {costs.name} "
-            f"+ validation {est['validation']:.0f} s + preprocessing {pre_s:.0f} s")
 
-    # the config
-    model: dict[str, Any] = {"name": "unet", "spatial_dims": dims, "params": unet_params(dims, base, depth)}
-    if dims == 2:
-        model.update(slice_axis=axis, context_slices=context)
+def _config(ctx: _Planning, name: str | None, num_folds: int) -> dict[str, Any]:
+    """The planned config (keys of today's schema; ``ctx.extras`` hold the rest)."""
+    c, s, geo = ctx.chosen, ctx.setting, ctx.geo
+    opt, lr, _ = ctx.schedule["lr"]
+    model: dict[str, Any] = {"name": "unet", "spatial_dims": s.dims,
+                             "params": unet_params(s.dims, c["base"], c["depth"])}
+    if s.dims == 2:
+        model.update(slice_axis=s.slice_axis, context_slices=s.context)
     train: dict[str, Any] = {
-        "patch_size": list(patch), "batch_size": batch, "iterations": int(iters), "iters_per_epoch": int(ipe),
-        "budget": f"{int(train_budget)}s" if train_budget else None, "optimizer": lr_opt[0], "lr": lr_opt[1],
-        "weight_decay": 3e-5 if budget_s is None else 1e-5, "scheduler": "poly", "poly_power": 0.9,
-        "warmup_epochs": 0.0, "loss": "dice_ce", "fg_oversample": 0.33, "val_every": int(val_every),
-        "grad_clip": 12.0, "augment": aug}
-    if lr_opt[0] == "sgd":
+        "patch_size": list(c["patch"]), "batch_size": c["batch"], "iterations": int(c["steps"]),
+        "iters_per_epoch": int(c["ipe"]), "budget": f"{int(ctx.budget_s)}s" if ctx.budget_s else None,
+        "optimizer": opt, "lr": lr, "weight_decay": 3e-5 if ctx.budget_s is None else 1e-5, "scheduler": "poly",
+        "poly_power": 0.9, "warmup_epochs": 0.0, "loss": "dice_ce", "fg_oversample": 0.33,
+        "val_every": int(c["val_every"]), "grad_clip": 12.0, "augment": ctx.schedule["augment"]}
+    if opt == "sgd":
         train["momentum"] = 0.99
-    root = Path(fp.get("root", "."))
-    config = {
+    root = Path(ctx.fp.get("root", "."))
+    return {
         "name": name or f"{root.name or 'dataset'}_plan",
         "data": {"root": str(root), "fold": 0, "num_folds": num_folds},
-        "preprocess": {"orientation": "RAS", "spacing": spacing, "crop_foreground": True, "normalize": normalize},
+        "preprocess": {"orientation": "RAS", "spacing": geo["spacing"], "crop_foreground": True,
+                       "normalize": ctx.normalize},
         "model": model, "train": train,
-        "infer": {"overlap": chosen["overlap"], "sw_batch_size": sw_batch, "blend": "gaussian"},
+        "infer": {"overlap": c["overlap"], "sw_batch_size": ctx.sw_batch, "blend": "gaussian"},
     }
-    return Plan(config, decisions, extras, est, costs.device, budget_s, chosen)
 
 
 def _human(s: float) -> str:
