@@ -117,7 +117,8 @@ def plan_and_train(dataset: str | Path, budget: str | float | None = None, devic
 
     started_at = time.monotonic() if started_at is None else started_at
     plan = plan_dataset(dataset, budget, device, count_planning=True,
-                        spent_s=max(0.0, time.monotonic() - started_at), log=log)
+                        spent_s=max(0.0, time.monotonic() - started_at),
+                        log=lambda s: None if s.startswith("  ") else log(s))  # (the timings: `plan -v`)
     table = format_decisions(plan)
     log(table)
     with tempfile.TemporaryDirectory() as tmp:

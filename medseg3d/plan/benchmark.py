@@ -521,6 +521,9 @@ def measure_device(device: str | torch.device = "auto", dims: Sequence[int] = (3
         except (OSError, json.JSONDecodeError):
             stored = {}
     entry = stored.get(key) if stored.get("version") == VERSION and not refresh else None
+    load_now = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if entry and entry.get("load") is not None and load_now is not None and abs(entry["load"] - load_now) > 1.0:
+        entry = None  # measured under another load (threads and step costs shift with it): measure again
     costs = DeviceCosts.from_dict(entry) if entry else None
     deadline = time.monotonic() + max_seconds
     say = log or (lambda s: None)
@@ -555,9 +558,8 @@ def measure_device(device: str | torch.device = "auto", dims: Sequence[int] = (3
         fastest = min(best.values())
         threads = min(n for n in counts if best[n] <= fastest * 1.05)  # fewer threads when as fast
         say(f"threads: {', '.join(f'{n}: {best[n]:.3f}s' for n in counts)} -> {threads}")
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         costs = DeviceCosts(dev.type, device_name(dev), torch.__version__, cpu_count(), threads,
-                            {str(n): best[n] for n in counts}, [], load)
+                            {str(n): best[n] for n in counts}, [], load_now)
         costs.add("step", spec, best[threads])
     for d in dims:
         lad = _ladder(dev, d)
