@@ -7,6 +7,7 @@ import pytest
 
 from medseg3d.config import load_config
 from medseg3d.config.params import LOSS_PARAMS, NETWORK_PARAMS
+import medseg3d.models  # noqa: F401  (registers the networks)
 from medseg3d.engine import losses  # noqa: F401  (registers the losses)
 from medseg3d.errors import MedsegError
 from medseg3d.registry import LOSSES, MODELS
