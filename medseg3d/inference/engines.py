@@ -34,11 +34,13 @@ faster.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -176,6 +178,25 @@ def _trace_shape(net: nn.Module, shape: Sequence[int]) -> tuple[list[int], bool]
     return [1, c] + [min(s, 2 * d) for s, d in zip(spatial, divs)], True
 
 
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence the process's standard output (file descriptor 1): the TorchScript-based exporter prints the
+    whole graph there from C++ when an op cannot be exported; the error itself is raised and recorded."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real stdout (embedded interpreters)
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_onnx(net: nn.Module, window_shape: Sequence[int]) -> bytes:
     """The network's ONNX graph (input ``image`` (N, C, *spatial), output ``logits``; the batch axis is dynamic,
     and the spatial axes too when the window is a multiple of the network's divisor), as bytes."""
@@ -184,7 +205,7 @@ def export_onnx(net: nn.Module, window_shape: Sequence[int]) -> bytes:
     if dynamic_spatial:
         axes.update({2 + i: f"s{i}" for i in range(len(shape) - 2)})
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_stdout():
         warnings.simplefilter("ignore")  # tracer notes on Python scalars (sizes fixed at trace time)
         torch.onnx.export(net, (torch.zeros(shape),), buf, dynamo=False, input_names=["image"],
                           output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
@@ -340,7 +361,8 @@ class Runner(nn.Module):
                 self.selection = "requested (threads from a cached measurement)"
         elif entry:
             self._from_cache(entry)
-
+        if self._ready:
+            self._onnx = None  # the graph is only needed to build engines
     # ---- building ----------------------------------------------------------------------------------------
     @property
     def _measure_threads(self) -> bool:
@@ -410,7 +432,7 @@ class Runner(nn.Module):
             if agreement[name] >= MIN_AGREEMENT:
                 self.agreement = {name: agreement[name]}
                 self._backend = self._build_or_fall_back(Candidate(*name.split("/")), int(entry.get("threads", 1)))
-                self._ready = True
+                self._ready, self._onnx = True, None
                 self.selection = "cached measurement"
                 return
 
@@ -441,33 +463,38 @@ class Runner(nn.Module):
         _sync(self.device)
         return time.perf_counter() - t0, y
 
-    def _pick_threads(self, backend: _Backend, x: torch.Tensor, out: torch.Tensor, t_warm: float,
-                      log: dict) -> tuple[_Backend, torch.Tensor]:
-        """``backend`` (all free cores, ``t_warm`` seconds per window warm; ``out`` its output for ``x``) or the
-        same engine on one thread, whichever is faster on ``x`` (on a loaded machine one thread can be several
-        times faster), with the chosen one's output for ``x`` (results may differ in the last bits between
-        thread counts; every window is then computed the same way)."""
-        if not self._measure_threads or backend.threads == 1:
-            return backend, out
-        name = f"{backend.engine}/{backend.precision}"
-        try:
-            one = self._build(Candidate(backend.engine, backend.precision), 1)
-            self._timed(one, x)  # first run
-            t_one, out_one = self._timed(one, x)
-        except Exception:  # noqa: BLE001 - keep the all-cores build
-            return backend, out
-        log[f"{name} {backend.threads} threads"] = round(t_warm, 3)
-        log[f"{name} 1 thread"] = round(t_one, 3)
-        return (one, out_one) if t_one < t_warm else (backend, out)
+    def _final_build(self, cand: Candidate, t_all: float, out_all: torch.Tensor, x: torch.Tensor,
+                     log: dict) -> tuple[_Backend, torch.Tensor]:
+        """Build ``cand`` for good, on all free cores (``t_all`` seconds per warm window there, ``out_all`` its
+        output for ``x``) or on one thread when that measures faster on ``x`` (on a loaded machine one thread can
+        be several times faster); returns the backend and its output for ``x`` (thread counts may differ in the
+        last bits; every later window is computed like this one). No other build of ``cand`` may be alive:
+        ONNX Runtime and OpenVINO keep a memory arena per build, and two at once would double the peak memory."""
+        n = self._initial_threads()
+        if self._measure_threads and n > 1:
+            try:
+                one = self._build(cand, 1)
+                self._timed(one, x)  # first run
+                t_one, out_one = self._timed(one, x)
+                log[f"{cand} {n} threads"] = round(t_all, 3)
+                log[f"{cand} 1 thread"] = round(t_one, 3)
+                if t_one < t_all:
+                    return one, out_one
+                del one, out_one
+            except Exception:  # noqa: BLE001 - keep all cores
+                pass
+        return self._build(cand, n), out_all
 
     def _settle_threads(self, x: torch.Tensor) -> torch.Tensor:
-        """A requested engine: its first window, then the thread count measured on it."""
+        """A requested engine's first window: run it, then settle the thread count on it."""
+        cand = Candidate(self._backend.engine, self._backend.precision)
         self._backend(x)  # first run
-        t_warm, out = self._timed(self._backend, x)
+        t_all, out = self._timed(self._backend, x)
+        self._backend = None  # released before a one-thread build is measured
         log: dict[str, Any] = {}
-        self._backend, out = self._pick_threads(self._backend, x, out, t_warm, log)
-        self.measured, self._ready = log, True
-        self._store([f"{self._backend.engine}/{self._backend.precision}"], self._backend.threads)
+        self._backend, out = self._final_build(cand, t_all, out, x, log)
+        self.measured, self._ready, self._onnx = log, True, None
+        self._store([str(cand)], self._backend.threads)
         return out
 
     def _check_cached(self, x: torch.Tensor, entry: dict) -> torch.Tensor:
@@ -492,23 +519,25 @@ class Runner(nn.Module):
                 known[name] = label_agreement(y, ref, self.sigmoid)
             self.agreement[name] = known[name]
             if known[name] >= MIN_AGREEMENT:
-                self._backend, self._ready = backend, True
+                self._backend, self._ready, self._onnx = backend, True, None
                 self.selection = "cached measurement (agreement checked)"
                 self._store(entry["ranking"], threads)
                 return y
+            del backend, y
         self._backend, self._ready = self._build(Candidate("torch", "fp32"), threads), True
         self.selection = "cached measurement"
         return self._backend(x)
 
     def _calibrate(self, x: torch.Tensor) -> torch.Tensor:
         """Measure every candidate on the real window ``x`` (1, C, *window); keep the fastest whose labels agree
-        with torch fp32; return its output for ``x``."""
+        with torch fp32; return its output for ``x``. One candidate is alive at a time (each engine keeps its
+        own memory arena), and the chosen one is built again at the end."""
         threads = self._initial_threads()
-        ref_backend = self._build(Candidate("torch", "fp32"), threads)
+        ref_backend = _TorchBackend(self.net, "fp32", threads, self.device)
         t_ref_first, ref = self._timed(ref_backend, x)
-        results: dict[str, tuple[float, torch.Tensor, _Backend]] = {}
         log: dict[str, Any] = {"torch/fp32 first run": round(t_ref_first, 3)}
-        best = float("inf")
+        timings: dict[str, float] = {}
+        best: Optional[tuple[float, str, torch.Tensor]] = None  # (seconds, candidate, its output for x)
         for cand in self._candidates:
             name = str(cand)
             if cand == Candidate("torch", "fp32"):
@@ -519,31 +548,35 @@ class Runner(nn.Module):
             except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, with the reason
                 self.failed[name] = _first_line(e)
                 continue
-            log[f"{name} build"] = round(backend.build_s, 3)
-            if t_first > 3 * min(best, t_ref_first):  # clearly slower even allowing for first-run costs
+            if backend.build_s > 0.01:
+                log[f"{name} build"] = round(backend.build_s, 3)
+            if t_first > 3 * min(best[0] if best else float("inf"), t_ref_first):  # clearly slower
                 log[f"{name} first run"] = round(t_first, 3)
+                del backend, y
                 continue
             t, y = self._timed(backend, x)
+            del backend
             self.agreement[name] = label_agreement(y, ref, self.sigmoid)
-            log[name] = round(t, 3)
-            results[name] = (t, y, backend)
-            if self.agreement[name] >= MIN_AGREEMENT:
-                best = min(best, t)
-        if Candidate("torch", "fp32") in self._candidates and (best > 0.5 * t_ref_first or not results):
+            log[name] = timings[name] = round(t, 3)
+            if self.agreement[name] >= MIN_AGREEMENT and (best is None or t < best[0]):
+                best = (t, name, y)
+            del y
+        if Candidate("torch", "fp32") in self._candidates and (best is None or best[0] > 0.5 * t_ref_first):
             t, _ = self._timed(ref_backend, x)  # torch fp32 may still win: time it warm
-            log["torch/fp32"] = round(t, 3)
-            results["torch/fp32"] = (t, ref, ref_backend)
+            log["torch/fp32"] = timings["torch/fp32"] = round(t, 3)
             self.agreement["torch/fp32"] = 1.0
-        ranking = sorted(results, key=lambda n: results[n][0])
-        chosen = next((n for n in ranking if self.agreement[n] >= MIN_AGREEMENT), None)
-        if chosen is None:  # no requested candidate agrees with torch fp32: run the reference itself
-            chosen, results["torch/fp32"] = "torch/fp32", (t_ref_first, ref, ref_backend)
-            self.agreement[chosen] = 1.0
+            if best is None or t < best[0]:
+                best = (t, "torch/fp32", ref)
+        if best is None:  # no requested candidate agrees with torch fp32: run the reference itself
+            best = (t_ref_first, "torch/fp32", ref)
+            self.agreement["torch/fp32"] = 1.0
             self.fallback = "no candidate agreed with torch fp32 on the first window; running torch/fp32"
-        t_warm, out, backend = results[chosen]
-        self._backend, out = self._pick_threads(backend, x, out, t_warm, log)
-        self.measured, self.selection, self._ready = log, "measured", True
-        self._store([n for n in ranking if self.agreement[n] >= MIN_AGREEMENT] or [chosen], self._backend.threads)
+        t_all, chosen, out = best
+        del best, ref
+        self._backend, out = self._final_build(Candidate(*chosen.split("/")), t_all, out, x, log)
+        self.measured, self.selection, self._ready, self._onnx = log, "measured", True, None
+        ranking = [n for n in sorted(timings, key=timings.get) if self.agreement.get(n, 0) >= MIN_AGREEMENT]
+        self._store(ranking or [chosen], self._backend.threads)
         return out
 
     # ---- running -------------------------------------------------------------------------------------------
