@@ -16,9 +16,11 @@ and precision effects would be exaggerated by near-tie logits). Rows:
 - ``ENGINE/PRECISION``: the same Segmenter with :func:`medseg3d.inference.engines.make_runner` in place of the
   network; ``auto`` measures on its first window (a fresh cache), ``auto (cached)`` reuses that measurement.
 
-Columns: ``setup`` (runner export/compile, outside ``infer``), ``infer`` (the whole inference call), the ratio
-of ``infer`` to MONAI's, peak RSS, the fraction of voxels whose label equals the torch fp32 Segmenter's (all
-voxels / inside the head), the same against MONAI, and Dice of the whole tumour against the phantom's truth.
+Columns: ``setup`` (runner export/compile, outside ``infer``), ``infer`` (the whole inference call: reading
+excluded, preprocessing, windows, stitching, inversion and postprocessing included; for ``auto`` also the
+measurement), the ratio of ``infer`` to MONAI's, peak RSS, the percentage of voxels whose label equals the
+torch fp32 Segmenter's (all voxels / inside the head, and the number that differ), the same against MONAI, and
+Dice of the whole tumour against the phantom's truth.
 Timings on a shared machine are noisy: the load (``uptime``) is printed before and after.
 """
 
@@ -89,9 +91,10 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- parent
-def agreement(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+def agreement(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> str:
+    """Percent of equal labels over all voxels / inside the head, and the number of voxels that differ."""
     eq = a == b
-    return float(eq.mean()), float(eq[mask].mean())
+    return f"{100 * eq.mean():.3f}/{100 * eq[mask].mean():.3f} ({int((~eq).sum())})"
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     wt_truth = truth > 0
     print()
     print(f"{'variant':<16} {'engine':<22} {'setup s':>8} {'infer s':>8} {'/MONAI':>7} {'peak RSS':>9} "
-          f"{'=fp32 all/head':>15} {'=MONAI all/head':>16} {'WT Dice':>8}")
+          f"{'% = fp32 all/head (differ)':>28} {'% = MONAI all/head (differ)':>28} {'WT Dice':>8}")
     for name, r in results.items():
         if "error" in r:
             print(f"{name:<16} error: {r['error']}")
@@ -177,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         d = r.get("runner")
         engine = f"{d['engine']}/{d['precision']} x{d['threads']}" if d else f"torch/fp32 x{r['threads']}"
         ratio = f"{r['infer_s'] / t_monai:.2f}" if t_monai else "-"
-        agree_ref = "%.4f/%.4f" % agreement(lab, ref, head) if ref is not None else "-"
-        agree_monai = "%.4f/%.4f" % agreement(lab, monai, head) if monai is not None else "-"
+        agree_ref = agreement(lab, ref, head) if ref is not None else "-"
+        agree_monai = agreement(lab, monai, head) if monai is not None else "-"
         print(f"{name:<16} {engine:<22} {r['setup_s']:>8.1f} {r['infer_s']:>8.1f} {ratio:>7} "
-              f"{r['peak_rss_mb']:>6.0f} MB {agree_ref:>15} {agree_monai:>16} {dice(lab > 0, wt_truth):>8.3f}")
+              f"{r['peak_rss_mb']:>6.0f} MB {agree_ref:>28} {agree_monai:>28} {dice(lab > 0, wt_truth):>8.3f}")
     print()
     print("after:", C.uptime())
     return 0

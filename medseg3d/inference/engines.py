@@ -35,6 +35,8 @@ faster.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import hashlib
 import io
 import json
@@ -101,6 +103,16 @@ def _version(module: str) -> Optional[str]:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _release_memory() -> None:
+    """Hand memory freed by a discarded engine back to the system (glibc keeps freed heap pages otherwise, so a
+    measured-then-discarded engine would raise the process's peak for good)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _sync(device: torch.device) -> None:
@@ -223,6 +235,9 @@ class _OrtBackend(_Backend):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # the CPU memory arena keeps its high-water mark (about 1.7 GB more than without it for a 128³ No New-Net
+        # window) at no measurable gain in speed
+        so.enable_cpu_mem_arena = False
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
@@ -483,6 +498,7 @@ class Runner(nn.Module):
                 del one, out_one
             except Exception:  # noqa: BLE001 - keep all cores
                 pass
+            _release_memory()
         return self._build(cand, n), out_all
 
     def _settle_threads(self, x: torch.Tensor) -> torch.Tensor:
@@ -491,6 +507,7 @@ class Runner(nn.Module):
         self._backend(x)  # first run
         t_all, out = self._timed(self._backend, x)
         self._backend = None  # released before a one-thread build is measured
+        _release_memory()
         log: dict[str, Any] = {}
         self._backend, out = self._final_build(cand, t_all, out, x, log)
         self.measured, self._ready, self._onnx = log, True, None
@@ -553,9 +570,11 @@ class Runner(nn.Module):
             if t_first > 3 * min(best[0] if best else float("inf"), t_ref_first):  # clearly slower
                 log[f"{name} first run"] = round(t_first, 3)
                 del backend, y
+                _release_memory()
                 continue
             t, y = self._timed(backend, x)
             del backend
+            _release_memory()
             self.agreement[name] = label_agreement(y, ref, self.sigmoid)
             log[name] = timings[name] = round(t, 3)
             if self.agreement[name] >= MIN_AGREEMENT and (best is None or t < best[0]):
@@ -573,6 +592,7 @@ class Runner(nn.Module):
             self.fallback = "no candidate agreed with torch fp32 on the first window; running torch/fp32"
         t_all, chosen, out = best
         del best, ref
+        _release_memory()
         self._backend, out = self._final_build(Candidate(*chosen.split("/")), t_all, out, x, log)
         self.measured, self.selection, self._ready, self._onnx = log, "measured", True, None
         ranking = [n for n in sorted(timings, key=timings.get) if self.agreement.get(n, 0) >= MIN_AGREEMENT]
