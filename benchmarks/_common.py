@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from medseg3d.config import Config, load_config  # noqa: E402
-from medseg3d.data.synthetic import CHANNELS, LABELS, make_brats_phantom  # noqa: E402
+from medseg3d.config import Config, load_config
+from medseg3d.data.synthetic import CHANNELS, LABELS, make_brats_phantom
 
 BRATS_CONFIG = ROOT / "configs" / "brats_nnn.yaml"
 CACHE = Path(os.environ.get("MEDSEG3D_CACHE", Path.home() / ".cache" / "medseg3d")) / "benchmarks"
@@ -51,7 +51,7 @@ def free_cores() -> int:
 
 def uptime() -> str:
     try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "load average: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -147,7 +147,7 @@ def train_briefly(cfg: Config, iters: int, patch: int, seed: int = 0, log=print)
         xs, ys = [], []
         for b in range(2):
             img, lab, tumour, head = cases[rng.integers(len(cases))]
-            centre = (tumour if b == 0 else head)[rng.integers(len((tumour if b == 0 else head)))]
+            centre = (tumour if b == 0 else head)[rng.integers(len(tumour if b == 0 else head))]
             lo = [int(np.clip(c - patch // 2, 0, s - patch)) for c, s in zip(centre, lab.shape)]
             sl = tuple(slice(a, a + patch) for a in lo)
             x, y = img[(slice(None),) + sl], lab[sl][None]

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+import _common as C
 
 DEFAULT_ENGINES = "torch/bf16,onnxruntime/fp32,openvino/fp32,openvino/bf16,auto"
 

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+import _common as C
 
 
 def augmentation_rate(cfg, samples: int, seed: int = 0) -> tuple[float, float]:

@@ -45,9 +45,10 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ def _cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def _version(module: str) -> Optional[str]:
+def _version(module: str) -> str | None:
     try:
         return __import__(module).__version__
     except Exception:  # noqa: BLE001 - not installed or broken: not a candidate
@@ -103,6 +104,14 @@ def _version(module: str) -> Optional[str]:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _load() -> tuple[float, float, float]:
+    """The system load averages (1, 5, 15 minutes); zeros where the system does not say."""
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return (0.0, 0.0, 0.0)
 
 
 def _release_memory() -> None:
@@ -131,7 +140,7 @@ def label_agreement(a: torch.Tensor, b: torch.Tensor, sigmoid: bool = False) -> 
 class _MainOutput(nn.Module):
     """The full-resolution logits of a network (of one domain of a multi-domain network): what windows need."""
 
-    def __init__(self, model: nn.Module, domain: Optional[str] = None):
+    def __init__(self, model: nn.Module, domain: str | None = None):
         super().__init__()
         self.model = model
         self.domain = domain
@@ -332,7 +341,6 @@ class _Stats:
     windows_run: int = 0
     windows_skipped: int = 0
     seconds: float = 0.0
-    log: dict = field(default_factory=dict)
 
 
 class Runner(nn.Module):
@@ -340,8 +348,8 @@ class Runner(nn.Module):
     :func:`make_runner`; :meth:`describe` says which engine, precision and threads run it and why."""
 
     def __init__(self, net: nn.Module, window_shape: Sequence[int], candidates: list[Candidate],
-                 device: torch.device, threads: Optional[int], skip_empty: bool, sigmoid: bool,
-                 cache: Optional[Path], requested: tuple[str, str], unavailable: dict[str, str]):
+                 device: torch.device, threads: int | None, skip_empty: bool, sigmoid: bool,
+                 cache: Path | None, requested: tuple[str, str], unavailable: dict[str, str]):
         super().__init__()
         self.net = net.eval()
         self.window_shape = tuple(int(s) for s in window_shape)
@@ -353,16 +361,16 @@ class Runner(nn.Module):
         self._max_threads = free_cores() if device.type == "cpu" else 1
         self._candidates = candidates
         self._cache = cache
-        self._backend: Optional[_Backend] = None
+        self._backend: _Backend | None = None
         self._ready = False  # engine, precision and threads settled
-        self._onnx: Optional[bytes] = None
+        self._onnx: bytes | None = None
         self._zero: dict[tuple[int, ...], torch.Tensor] = {}
-        self._pending_ref: Optional[_Backend] = None  # torch fp32 for all-zero windows before calibration
-        self._cached_entry: Optional[dict] = None
+        self._pending_ref: _Backend | None = None  # torch fp32 for all-zero windows before calibration
+        self._cached_entry: dict | None = None
         self.stats = _Stats()
         self.selection = "requested"
         self.failed: dict[str, str] = dict(unavailable)
-        self.fallback: Optional[str] = None
+        self.fallback: str | None = None
         self.measured: dict[str, Any] = {}
         self.agreement: dict[str, float] = {}
         self._arch_key = self._architecture_key()
@@ -378,6 +386,7 @@ class Runner(nn.Module):
             self._from_cache(entry)
         if self._ready:
             self._onnx = None  # the graph is only needed to build engines
+
     # ---- building ----------------------------------------------------------------------------------------
     @property
     def _measure_threads(self) -> bool:
@@ -406,7 +415,7 @@ class Runner(nn.Module):
     def _build_or_fall_back(self, cand: Candidate, threads: int) -> _Backend:
         try:
             return self._build(cand, threads)
-        except Exception as e:  # noqa: BLE001 - any exporter/engine failure: run the network itself
+        except Exception as e:
             if cand == Candidate("torch", "fp32"):
                 raise
             reason = _first_line(e)
@@ -422,12 +431,12 @@ class Runner(nn.Module):
         cores), so quiet and busy times keep their own thread choice."""
         sig = {"net": repr(self.net), "window": list(self.window_shape), "device": self.device.type,
                "cpu": _cpu_model(), "cores": self._max_threads, "threads": self._threads_fixed,
-               "busy": os.getloadavg()[0] > 1.5 * self._max_threads if hasattr(os, "getloadavg") else False,
+               "busy": _load()[0] > 1.5 * self._max_threads,
                "torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "openvino": _version("openvino"),
                "candidates": [str(c) for c in self._candidates], "sigmoid": self.sigmoid}
         return hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:24]
 
-    def _read_entry(self) -> Optional[dict]:
+    def _read_entry(self) -> dict | None:
         if self._cache is None:
             return None
         entry = _read_cache(self._cache).get("entries", {}).get(self._arch_key)
@@ -468,7 +477,7 @@ class Runner(nn.Module):
         _write_cache(self._cache, self._arch_key, {
             "ranking": ranking, "threads": threads, "measured": self.measured, "failed": self.failed,
             "agreement_fp32": fp32, "agreement_bf16": per_weights,
-            "load": [round(v, 2) for v in os.getloadavg()], "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+            "load": [round(v, 2) for v in _load()], "when": time.strftime("%Y-%m-%d %H:%M:%S")})
 
     # ---- measuring -------------------------------------------------------------------------------------------
     def _timed(self, backend: _Backend, x: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -496,8 +505,8 @@ class Runner(nn.Module):
                 if t_one < t_all:
                     return one, out_one
                 del one, out_one
-            except Exception:  # noqa: BLE001 - keep all cores
-                pass
+            except Exception as e:  # noqa: BLE001 - keep all cores
+                log[f"{cand} 1 thread"] = _first_line(e)
             _release_memory()
         return self._build(cand, n), out_all
 
@@ -554,7 +563,7 @@ class Runner(nn.Module):
         t_ref_first, ref = self._timed(ref_backend, x)
         log: dict[str, Any] = {"torch/fp32 first run": round(t_ref_first, 3)}
         timings: dict[str, float] = {}
-        best: Optional[tuple[float, str, torch.Tensor]] = None  # (seconds, candidate, its output for x)
+        best: tuple[float, str, torch.Tensor] | None = None  # (seconds, candidate, its output for x)
         for cand in self._candidates:
             name = str(cand)
             if cand == Candidate("torch", "fp32"):
@@ -632,7 +641,7 @@ class Runner(nn.Module):
         n = x.shape[0]
         nonempty = x.reshape(n, -1).ne(0).any(1).tolist()
         run = [ne or not self.skip_empty for ne in nonempty]
-        outs: list[Optional[torch.Tensor]] = [None] * n
+        outs: list[torch.Tensor | None] = [None] * n
         if self.device.type != "cpu" and self._ready:  # an accelerator runs the batch at once
             idx = [i for i in range(n) if run[i]]
             if idx:
@@ -652,21 +661,21 @@ class Runner(nn.Module):
         self.stats.seconds += time.perf_counter() - t0
         return torch.cat([o.to(x.device) for o in outs], dim=0)
 
-    def train(self, mode: bool = True) -> "Runner":
+    def train(self, mode: bool = True) -> Runner:
         """A runner is always in inference mode."""
         return super().train(False)
 
     # ---- reporting -------------------------------------------------------------------------------------------
     @property
-    def engine(self) -> Optional[str]:
+    def engine(self) -> str | None:
         return self._backend.engine if self._backend else None
 
     @property
-    def precision(self) -> Optional[str]:
+    def precision(self) -> str | None:
         return self._backend.precision if self._backend else None
 
     @property
-    def threads(self) -> Optional[int]:
+    def threads(self) -> int | None:
         return self._backend.threads if self._backend else None
 
     def describe(self) -> dict[str, Any]:
@@ -735,8 +744,8 @@ def _candidates(engine: str, precision: str, device: torch.device) -> tuple[list
 
 
 def make_runner(model: nn.Module, example_window_shape: Sequence[int], engine: str = "auto",
-                precision: str = "auto", device: torch.device | str = "cpu", threads: Optional[int] = None, *,
-                skip_empty: bool = True, domain: Optional[str] = None, sigmoid: bool = False,
+                precision: str = "auto", device: torch.device | str = "cpu", threads: int | None = None, *,
+                skip_empty: bool = True, domain: str | None = None, sigmoid: bool = False,
                 cache: bool | str | os.PathLike = True) -> Runner:
     """A :class:`Runner` for windows of ``example_window_shape`` = (C_in, *window) (a leading batch axis is
     ignored when the model's ``spatial_dims`` says there is one).
@@ -764,5 +773,13 @@ def make_runner(model: nn.Module, example_window_shape: Sequence[int], engine: s
                   (engine, precision), skipped)
 
 
-__all__ = ["make_runner", "Runner", "export_onnx", "label_agreement", "free_cores", "ENGINES", "PRECISIONS",
-           "MIN_AGREEMENT"]
+__all__ = [
+    "ENGINES",
+    "MIN_AGREEMENT",
+    "PRECISIONS",
+    "Runner",
+    "export_onnx",
+    "free_cores",
+    "label_agreement",
+    "make_runner",
+]

@@ -201,6 +201,17 @@ def test_auto_measures_once_then_uses_the_cache(tmp_path):
     assert label_agreement(second(w), y1) >= engines.MIN_AGREEMENT
 
 
+def test_auto_does_not_measure_on_all_zero_windows(tmp_path):
+    net = small_unet()
+    runner = make_runner(net, (2, *WINDOW), cache=tmp_path / "c.json")
+    zeros = torch.zeros(2, 2, *WINDOW)
+    y = runner(zeros)  # background only: answered by torch fp32, nothing chosen yet
+    assert runner.describe()["selection"] == "pending" and not (tmp_path / "c.json").exists()
+    assert torch.equal(y[0], reference(net, zeros[:1])[0])
+    runner(torch.randn(1, 2, *WINDOW))  # the first real window measures
+    assert runner.describe()["selection"] == "measured"
+
+
 @needs_ort
 def test_runner_runs_2d_windows():
     net = small_unet(spatial_dims=2)
