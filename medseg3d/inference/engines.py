@@ -21,15 +21,21 @@ package) is skipped with its reason in :meth:`Runner.describe`; a requested engi
 back to torch fp32 with a warning. Networks whose output is a list (deep supervision) or a dict are exported
 with their main output only (:func:`medseg3d.models.main_output`).
 
-Windows run one at a time on the CPU (batching gains nothing there), so a window's logits never depend on
-which other windows share its batch. With ``skip_empty`` (the default) a window whose input is all zero (the
+Windows run one at a time on the CPU: the peak memory is one window's (a batch of two 128³ No New-Net windows
+in torch needs about 1.5 GB more), and a window's logits never depend on which other windows share its batch
+(oneDNN picks other kernels for a batch of one, so batched results differ in the last bits). OpenVINO and ONNX
+Runtime gain nothing from batches; torch does on very small networks (the 8-filter demo U-Net runs a batch of
+two 48³ windows in the time of one), not on brats_nnn. On a GPU the windows of a batch run together. With
+``skip_empty`` (the default) a window whose input is all zero (the
 background outside the head after ``zscore_nonzero`` normalisation, or MONAI's zero padding) is not run: a
 convolutional network gives the same output for an all-zero window wherever it lies, so that output is
 computed once per window shape and reused, which is exact.
 
 Threads: at most the cores this process may run on (``os.sched_getaffinity``); ``threads=None`` measures the
-chosen engine with all of them and with one (on a loaded machine one thread can be faster) and keeps the
-faster.
+chosen engine with all of them and with one on the first real window (on a loaded machine one thread can be
+several times faster) and keeps the faster; that choice is cached too, separately for a busy machine (load
+above 1.5 x the free cores when the runner is made) and a quiet one. torch's intra-op thread count is
+process-wide: a torch runner leaves it at its own count.
 """
 
 from __future__ import annotations
