@@ -14,7 +14,8 @@ and precision effects would be exaggerated by near-tie logits). Rows:
   ``train.patch_size``, overlap 0.5, gaussian, ``infer.sw_batch_size``), torch fp32, argmax;
 - ``segmenter``: today's ``medseg3d.inference.segmenter.Segmenter`` with the network itself (torch fp32);
 - ``ENGINE/PRECISION``: the same Segmenter with :func:`medseg3d.inference.engines.make_runner` in place of the
-  network; ``auto`` measures on its first window (a fresh cache), ``auto (cached)`` reuses that measurement.
+  network, on all free cores (or ``--threads``); ``auto`` measures engines, precisions and threads on its
+  first window (a fresh cache), ``auto (cached)`` reuses that measurement.
 
 Columns: ``setup`` (runner export/compile, outside ``infer``), ``infer`` (the whole inference call: reading
 excluded, preprocessing, windows, stitching, inversion and postprocessing included; for ``auto`` also the
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-iters", type=int, default=200, help="training steps when no checkpoint is given")
     p.add_argument("--engines", default=DEFAULT_ENGINES,
                    help=f"comma-separated ENGINE/PRECISION or auto (default {DEFAULT_ENGINES})")
-    p.add_argument("--threads", type=int, default=None, help="threads per variant (default: measured by the "
-                                                              "runner; torch uses all free cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per variant (default: all free cores; auto measures all against one)")
     p.add_argument("--window", type=int, default=None, help="window edge (default 128, --quick 64)")
     p.add_argument("--no-monai", action="store_true", help="skip the (slow) MONAI whole-volume baseline")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per variant")
@@ -153,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         out = work / f"{name.replace('/', '_').replace(' ', '_')}.npy"
         cmd = [str(Path(__file__).resolve()), *extra, "--checkpoint", str(ckpt), "--volume", str(vol),
                "--out", str(out), "--window", str(args.window), "--cache", str(cache)]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
+        if args.threads or (extra[1] == "runner" and not name.startswith("auto")):
+            # requested engines run on all free cores unless told (so their rows hold no thread measurement);
+            # auto measures the thread count as it would in use
+            cmd += ["--threads", str(args.threads or C.free_cores())]
         print(f"  running {name} ...", flush=True)
         r = C.run_child(cmd, env={"OMP_NUM_THREADS": str(args.threads or C.free_cores())}, timeout=args.timeout)
         if "error" not in r:
