@@ -7,8 +7,10 @@ over the whole volume vs medseg3d's Segmenter (foreground crop, the same window)
 
 Every variant runs in its own process (its peak RSS is its own), on the same volume (a BraTS-like phantom of
 medseg3d.data.synthetic, seed 0) with the same weights: a checkpoint given with --checkpoint, else brats_nnn
-trained for --train-iters steps on two other phantoms (cached; with random weights the labels would be noise
-and precision effects would be exaggerated by near-tie logits). Rows:
+trained for --train-iters steps on two other phantoms (with random weights the labels would be noise and
+precision effects would be exaggerated by near-tie logits). The trained network is cached under
+``$MEDSEG3D_CACHE/benchmarks`` (default ``~/.cache/medseg3d``): the first run trains it (200 steps of 64³
+patches: about 30 min on 2 cores; 30 steps with --quick), later runs reuse it. Rows:
 
 - ``monai``: NormalizeIntensity(nonzero) over the whole volume, MONAI ``sliding_window_inference`` (window
   ``train.patch_size``, overlap 0.5, gaussian, ``infer.sw_batch_size``), torch fp32, argmax;
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 mm phantom (120 x 120 x 78) and 64³ windows")
     p.add_argument("--checkpoint", help="a brats_nnn checkpoint (medseg3d format); default: train briefly")
-    p.add_argument("--train-iters", type=int, default=200, help="training steps when no checkpoint is given")
+    p.add_argument("--train-iters", type=int, default=None,
+                   help="training steps when no checkpoint is given (default 200; --quick 30)")
     p.add_argument("--engines", default=DEFAULT_ENGINES,
                    help=f"comma-separated ENGINE/PRECISION or auto (default {DEFAULT_ENGINES})")
     p.add_argument("--threads", type=int, default=None,
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.window = args.window or (64 if args.quick else 128)
+    if args.train_iters is None:
+        args.train_iters = 30 if args.quick else 200
     if args.worker:
         worker(args)
         return 0
