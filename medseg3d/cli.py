@@ -148,6 +148,13 @@ def infer(
                                                                "each label to CASE.json; write OUT/statistics.csv"),
     fast: bool = typer.Option(False, "--fast", help="a quick look: a 1.5x coarser grid, no window overlap, no TTA "
                                                    "(stated in the report)"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="what runs the windows: auto (the fastest measured "
+                                                               "here whose labels agree with fp32), torch, "
+                                                               "onnxruntime or openvino (default: the model's)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16 (default: the model's)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="intra-op threads of the engine (default: measured)"),
+    skip_empty: Optional[bool] = typer.Option(None, "--skip-empty/--no-skip-empty",
+                                              help="reuse one output for all-zero windows (exact; default on)"),
 ):
     """Segment scans; each label map is written in its scan's exact geometry, with optional probabilities,
     uncertainty, preview and report. Postprocessing flags override the checkpoint's config. A case that fails is
@@ -157,7 +164,8 @@ def infer(
     result = _run(segment_files, inputs, model, output, fmt=fmt, tta=tta, save_probs=save_probs,
                   uncertainty=save_uncertainty, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
                   preview=preview, report=report, channels_per_case=channels_per_case, domain=domain,
-                  allow_2d=allow_2d or None, masks=masks, statistics=statistics, fast=fast,
+                  allow_2d=allow_2d or None, masks=masks, statistics=statistics, fast=fast, engine=engine,
+                  precision=precision, threads=threads, skip_empty=skip_empty,
                   postprocess={"min_component_ml": min_size_ml, "largest_component": largest_component,
                                "fill_holes": fill_holes, "relabel": relabel},
                   log=typer.echo)

@@ -292,6 +292,13 @@ class InferConfig(_Strict):
     window_size: Optional[list[int]] = Field(
         None, description="sliding-window size (3D; a multiple of the network's divisor); default train.patch_size. "
                           "`medseg3d plan` proposes a larger one where that is faster")
+    engine: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="what runs the windows: 'auto' measures the engines on the first window and keeps the "
+                            "fastest whose labels agree with PyTorch fp32 (cached per machine and network)")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 only where measured faster and "
+                                                                          "agreeing with fp32")
+    threads: Optional[int] = Field(None, ge=1, description="intra-op threads of the engine (null: measured)")
+    skip_empty: bool = Field(True, description="windows whose input is all zero reuse one computed output (exact)")
 
     @field_validator("window_size")
     @classmethod

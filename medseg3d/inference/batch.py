@@ -141,20 +141,25 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
                   sw_batch_size: Optional[int] = None, preview: bool = True, report: bool = True,
                   channels_per_case: Optional[int] = None, postprocess: Optional[dict[str, Any]] = None,
                   domain: Optional[str] = None, allow_2d: Optional[bool] = None, masks: bool = False,
-                  statistics: bool = False, fast: bool = False, log: Callable[[str], None] = print) -> BatchResult:
+                  statistics: bool = False, fast: bool = False, engine: Optional[str] = None,
+                  precision: Optional[str] = None, threads: Optional[int] = None, skip_empty: Optional[bool] = None,
+                  log: Callable[[str], None] = print) -> BatchResult:
     """Segment every case named by ``inputs`` with the model(s) and write the outputs into the folder ``output``
     (or, for one case, the file ``output`` such as ``seg.nii.gz``). ``postprocess`` overrides the checkpoint's
     postprocess settings (keys of the config's ``postprocess`` section; None keeps a setting). ``allow_2d``
     accepts single-slice images for a 3D model (default: only for 2D models). ``masks`` adds one binary mask per
     label (``OUT/CASE/<label>``); ``statistics`` adds each channel's intensity statistics per label to the
     reports and writes ``OUT/statistics.csv``; ``fast`` segments on a coarser grid without TTA (see
-    :meth:`Segmenter.fast`). Returns what was written and what failed; ``log`` gets one line per case."""
+    :meth:`Segmenter.fast`). ``engine``, ``precision``, ``threads`` and ``skip_empty`` override the model's
+    window engine settings (:mod:`medseg3d.inference.engines`; the report records what ran). Returns what was
+    written and what failed; ``log`` gets one line per case."""
     t_start = time.perf_counter()
     seg = models if isinstance(models, Segmenter) else Segmenter.from_checkpoint(
-        models if isinstance(models, (list, tuple)) else [models], device=device, tta=tta, domain=domain)
+        models if isinstance(models, (list, tuple)) else [models], device=device, tta=tta, domain=domain,
+        engine=engine, precision=precision)
     if fast:
         log(seg.fast())
-    seg.configure(overlap=overlap, sw_batch_size=sw_batch_size)
+    seg.configure(overlap=overlap, sw_batch_size=sw_batch_size, threads=threads, skip_empty=skip_empty)
     if postprocess:
         seg.set_postprocess(**postprocess)
     if uncertainty not in (None, "entropy", "variance"):

@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from ..errors import MedsegError
-from ..models import main_output
+from ..models import MainOutput as _MainOutput
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -141,18 +141,6 @@ def label_agreement(a: torch.Tensor, b: torch.Tensor, sigmoid: bool = False) -> 
     if sigmoid:
         return float(((a > 0) == (b > 0)).all(1).float().mean())
     return float((a.argmax(1) == b.argmax(1)).float().mean())
-
-
-class _MainOutput(nn.Module):
-    """The full-resolution logits of a network (of one domain of a multi-domain network): what windows need."""
-
-    def __init__(self, model: nn.Module, domain: str | None = None):
-        super().__init__()
-        self.model = model
-        self.domain = domain
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return main_output(self.model(x, domain=self.domain) if self.domain else self.model(x))
 
 
 # ------------------------------------------------------------------------------------------------ backends

@@ -24,22 +24,10 @@ from ..bundle import ModelContract, load_model
 from ..bundle.contract import meta_json
 from ..bundle.exported import META_KEY
 from ..errors import MedsegError
+from ..models import MainOutput
 from ..io.scan import PathLike, atomic_write
-from .predictor import network_fn
 
 EXPORT_FORMATS = ("onnx", "torchscript", "monai-bundle")
-
-
-class _Logits(torch.nn.Module):
-    """The network's full-resolution logits only (what the sliding window needs)."""
-
-    def __init__(self, model: torch.nn.Module, domain: str | None = None):
-        super().__init__()
-        self.model = model
-        self.fn = network_fn(model, domain)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
 
 
 def window_size(contract: ModelContract) -> list[int]:
@@ -113,7 +101,7 @@ def onnx_model(contract: ModelContract, domain: str | None = None, size: Sequenc
     import onnx
 
     model, head = contract.build(domain)
-    net = _Logits(model, head.domain).eval()
+    net = MainOutput(model, head.domain).eval()
     example = _example(contract, head, size)
     buf = io.BytesIO()
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"} if example.ndim == 5 else {0: "batch", 2: "x", 3: "y"}
@@ -130,7 +118,7 @@ def torchscript_module(contract: ModelContract, domain: str | None = None,
     """The network of ``domain`` traced (eval mode, CPU) at ``size`` (default: the window size), and the contract
     JSON that goes with it."""
     model, head = contract.build(domain)
-    net = _Logits(model, head.domain).eval()
+    net = MainOutput(model, head.domain).eval()
     example = _example(contract, head, size)
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(net, example)

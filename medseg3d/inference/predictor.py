@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -29,7 +30,7 @@ from ..config import Config
 from ..data.transforms import preprocess_transforms, scan_to_metatensor
 from ..errors import MedsegError
 from ..io.scan import Scan
-from ..models import main_output
+from ..models import MainOutput, SegNet
 
 GPU_FALLBACK_WARNING = "volume does not fit in GPU memory; stitching on the CPU"
 
@@ -38,11 +39,7 @@ WindowFn = Callable[[torch.Tensor], torch.Tensor]
 
 def network_fn(model: torch.nn.Module, domain: str | None = None) -> WindowFn:
     """The function a window goes through: the network's full-resolution logits (one domain's head)."""
-
-    def net(x: torch.Tensor) -> torch.Tensor:
-        return main_output(model(x, domain=domain) if domain else model(x))
-
-    return net
+    return MainOutput(model, domain)
 
 
 def predict_logits(model: torch.nn.Module, image: torch.Tensor, cfg: Config,
@@ -113,7 +110,7 @@ class Member:
     mirror_axes: tuple[int, ...]
     source: str
     pre: mt.Compose
-    window_fn: Optional[WindowFn] = field(default=None, repr=False)
+    runners: dict = field(default_factory=dict, repr=False)  # window shape -> the engine that runs its windows
 
     @property
     def domain(self) -> str | None:
@@ -122,12 +119,40 @@ class Member:
 
 class Predictor:
     """Scans -> probabilities on each scan's own grid, for one network or an ensemble (probabilities averaged
-    over members and TTA passes)."""
+    over members and TTA passes). Windows run through the engine the member's ``infer`` settings (or
+    ``engine``/``precision`` here, or the ``MEDSEG3D_ENGINE``/``MEDSEG3D_PRECISION`` environment) ask for
+    (:mod:`medseg3d.inference.engines`), built once per member and window shape."""
 
-    def __init__(self, device: torch.device, tta: bool = False):
+    def __init__(self, device: torch.device, tta: bool = False, engine: str | None = None,
+                 precision: str | None = None):
+        from .engines import ENGINES, PRECISIONS
+
+        if engine not in (None, "auto", *ENGINES):
+            raise MedsegError(f"unknown inference engine '{engine}'; use auto, {', '.join(ENGINES)}")
+        if precision not in (None, "auto", *PRECISIONS):
+            raise MedsegError(f"unknown inference precision '{precision}'; use auto, {', '.join(PRECISIONS)}")
         self.device = device
         self.tta = tta
+        self.engine, self.precision = engine, precision
         self.members: list[Member] = []
+
+    def window_fn(self, m: Member) -> WindowFn:
+        """The engine that runs ``m``'s windows (built on first use)."""
+        from .engines import make_runner
+        from .slices import window_shape
+
+        cfg = m.config
+        shape = window_shape(cfg, len(m.head.channels))
+        if tuple(shape) not in m.runners:
+            inf = cfg.infer
+            engine = self.engine or os.environ.get("MEDSEG3D_ENGINE") or inf.engine
+            precision = self.precision or os.environ.get("MEDSEG3D_PRECISION") or inf.precision
+            if not isinstance(m.model, SegNet):  # an exported graph (ONNX Runtime session, TorchScript) runs as is
+                engine, precision = "torch", "fp32"
+            m.runners[tuple(shape)] = make_runner(m.model, shape, engine, precision, self.device, inf.threads,
+                                                  skip_empty=inf.skip_empty, domain=m.domain,
+                                                  sigmoid=bool(m.head.regions))
+        return m.runners[tuple(shape)]
 
     def add(self, model: torch.nn.Module, config: Config, head: Head, mirror_axes: tuple[int, ...] = (),
             source: str = "model") -> Member:
@@ -143,6 +168,7 @@ class Predictor:
         """Give a member another config (e.g. a coarser grid); its preprocessing is rebuilt (shared again with
         members that have the same preprocessing)."""
         member.config = config
+        member.runners.clear()
         member.pre = next((m.pre for m in self.members if m is not member and m.config.preprocess == config.preprocess),
                           None) or mt.Compose(preprocess_transforms(config, keys=("image",)))
 
@@ -165,8 +191,10 @@ class Predictor:
         return check_memory(source, scan.shape, c_in, factor / c_in, what="with preprocessing and inference")
 
     def describe(self) -> dict:
-        """The window engine(s) of the members (for reports)."""
-        return {"engine": "torch", "precision": "fp32"}
+        """The window engine of each member (for reports): engine, precision, threads, how it was chosen,
+        windows run and skipped."""
+        engines = [r.describe() for m in self.members for r in m.runners.values()]
+        return {"engines": engines}
 
     @property
     def sigmoid(self) -> bool:
@@ -179,8 +207,7 @@ class Predictor:
         total, total_sq, n = 0, 0, 0
         axes = m.mirror_axes if self.tta else ()
         for p in probability_passes(m.model, x.as_tensor()[None], m.config, self.device, axes,
-                                    domain=m.domain, sigmoid=self.sigmoid,
-                                    window_fn=m.window_fn):
+                                    domain=m.domain, sigmoid=self.sigmoid, window_fn=self.window_fn(m)):
             if p.shape[1] != m.head.n_out:
                 what = "regions" if m.head.regions else "labels"
                 raise MedsegError(f"{m.source}: the network gives {p.shape[1]} outputs but the model names "

@@ -59,10 +59,12 @@ class Segmenter:
     def __init__(self, model: torch.nn.Module, config: Config, channels: list[str], labels: dict[str, int],
                  device: str | torch.device = "auto", source: str = "model", tta: bool = False,
                  regions: dict[str, list[int]] | None = None, domain: str | None = None,
-                 mirror_axes: tuple[int, ...] | None = None):
+                 mirror_axes: tuple[int, ...] | None = None, engine: str | None = None,
+                 precision: str | None = None):
         head = Head(list(channels), dict(labels), {k: list(v) for k, v in regions.items()} if regions else None,
                     domain)
-        self.predictor = Predictor(pick_device(device) if isinstance(device, str) else device, tta)
+        self.predictor = Predictor(pick_device(device) if isinstance(device, str) else device, tta, engine,
+                                   precision)
         self.postprocess: PostprocessConfig = config.postprocess.model_copy(deep=True)
         self.add_member(model, config, source, head, mirror_axes)
 
@@ -123,17 +125,22 @@ class Segmenter:
 
     @classmethod
     def from_contract(cls, contract: ModelContract, device: str | torch.device = "auto", tta: bool = False,
-                      domain: str | None = None) -> "Segmenter":
+                      domain: str | None = None, engine: str | None = None,
+                      precision: str | None = None) -> "Segmenter":
         model, head = contract.build(domain)
         return cls(model, contract.config, head.channels, head.labels, device=device, source=contract.source,
-                   tta=tta, regions=head.regions, domain=head.domain, mirror_axes=contract.mirror_axes)
+                   tta=tta, regions=head.regions, domain=head.domain, mirror_axes=contract.mirror_axes,
+                   engine=engine, precision=precision)
 
     @classmethod
     def from_checkpoint(cls, paths: PathInput | Sequence[PathInput], device: str = "auto",
-                        tta: bool = False, domain: str | None = None) -> "Segmenter":
+                        tta: bool = False, domain: str | None = None, engine: str | None = None,
+                        precision: str | None = None) -> "Segmenter":
         """Load a checkpoint file, a run folder (its best.pt), or an ONNX or TorchScript file from
         ``medseg3d export``; several make an ensemble, which must share channel names, labels and regions.
-        ``domain`` picks the sub-network of a multi-domain model (default: its first domain)."""
+        ``domain`` picks the sub-network of a multi-domain model (default: its first domain). ``engine``
+        ('auto', 'torch', 'onnxruntime', 'openvino') and ``precision`` ('auto', 'fp32', 'bf16') override the
+        model's ``infer`` settings for the windows (:mod:`medseg3d.inference.engines`)."""
         plist = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not plist:
             raise MedsegError("no checkpoint given")
@@ -141,7 +148,7 @@ class Segmenter:
         for path in plist:
             contract = load_model(path)
             if seg is None:
-                seg = cls.from_contract(contract, device, tta, domain)
+                seg = cls.from_contract(contract, device, tta, domain, engine, precision)
                 continue
             model, head = contract.build(domain)
             seg.add_member(model, contract.config, contract.source, head, contract.mirror_axes)
@@ -156,19 +163,23 @@ class Segmenter:
     def sources(self) -> list[str]:
         return [m.source for m in self.members]
 
-    def configure(self, overlap: float | None = None, sw_batch_size: int | None = None) -> None:
-        """Override the sliding-window settings of every member."""
+    def configure(self, overlap: float | None = None, sw_batch_size: int | None = None,
+                  threads: int | None = None, skip_empty: bool | None = None) -> None:
+        """Override the sliding-window settings of every member (None keeps one)."""
         if overlap is not None and not 0 <= overlap < 1:
             raise MedsegError(f"overlap {overlap} (--overlap, infer.overlap) is outside [0, 1): it is the fraction "
                               f"of a window shared with its neighbour, e.g. 0.5")
         if sw_batch_size is not None and sw_batch_size < 1:
             raise MedsegError(f"sw_batch_size {sw_batch_size} (--sw-batch-size, infer.sw_batch_size) must be a "
                               f"positive number of windows per pass, e.g. 2")
+        if threads is not None and threads < 1:
+            raise MedsegError(f"threads {threads} (--threads) must be a positive number of threads")
         for m in self.members:
-            if overlap is not None:
-                m.config.infer.overlap = overlap
-            if sw_batch_size is not None:
-                m.config.infer.sw_batch_size = sw_batch_size
+            for key, value in (("overlap", overlap), ("sw_batch_size", sw_batch_size), ("threads", threads),
+                               ("skip_empty", skip_empty)):
+                if value is not None:
+                    setattr(m.config.infer, key, value)
+            m.runners.clear()
 
     def set_postprocess(self, **overrides: Any) -> None:
         """Override postprocessing settings (keys of the config's ``postprocess`` section; None keeps one).

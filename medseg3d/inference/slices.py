@@ -39,3 +39,11 @@ def predict_logits_slices(net: Callable[[torch.Tensor], torch.Tensor], image: to
         chunks.append(y.reshape(n, stop - start, *y.shape[1:]))
     out = torch.cat(chunks, dim=1)           # (N, S, C, A, B)
     return out.movedim(1, 2).movedim(2, 2 + axis)  # (N, C, S, A, B) -> slice axis back in place
+
+
+def window_shape(cfg: Config, channels: int) -> list[int]:
+    """(input channels, *window) of the windows the predictor runs: the 3D window (``infer.window_size``, else
+    the patch), or a 2D model's slice window with its 2.5D stack of channels."""
+    if cfg.model.spatial_dims == 2:
+        return [channels * (2 * cfg.model.context_slices + 1), *patch_2d(cfg)]
+    return [channels, *(cfg.infer.window_size or cfg.train.patch_size)]

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..registry import MODELS
-from .base import SegNet, main_output
+from .base import MainOutput, SegNet, main_output
 from . import unet  # noqa: F401  (registers)
 from . import vnet, nonewnet, segresnet_vae, fcn  # noqa: F401  (registers)
 from . import u2net3d, unetpp, multiresunet  # noqa: F401  (registers)
@@ -30,4 +30,4 @@ def build_model(name: str, spatial_dims: int, in_channels: int, out_channels: in
     return cls(spatial_dims, in_channels, out_channels, **params)
 
 
-__all__ = ["SegNet", "build_model", "main_output", "MODELS", "LEGACY_DEFAULTS"]
+__all__ = ["MainOutput", "SegNet", "build_model", "main_output", "MODELS", "LEGACY_DEFAULTS"]

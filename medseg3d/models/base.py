@@ -108,6 +108,19 @@ def _remap_legacy_keys(module: "SegNet", state_dict: dict, prefix: str, *_: Any)
                 break
 
 
+class MainOutput(nn.Module):
+    """A network reduced to its full-resolution logits (of one domain of a multi-domain network): what a
+    sliding window, an exported graph or an inference engine runs."""
+
+    def __init__(self, model: nn.Module, domain: str | None = None):
+        super().__init__()
+        self.model = model
+        self.domain = domain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return main_output(self.model(x, domain=self.domain) if self.domain else self.model(x))
+
+
 class SegNet(nn.Module):
     """Base of all medseg3d networks.
 

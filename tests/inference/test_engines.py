@@ -4,8 +4,10 @@ cannot export falls back to torch with the reason recorded, and 'auto' measures,
 Real engines on tiny networks; no timings are asserted."""
 
 import importlib.util
+from pathlib import Path
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from monai.inferers import sliding_window_inference
@@ -239,3 +241,37 @@ def test_threads_never_exceed_free_cores():
         warnings.simplefilter("error")
         runner = make_runner(net, (2, *WINDOW), engine="torch", precision="fp32", threads=10_000, cache=False)
     assert runner.describe()["threads"] == free_cores()
+
+
+def test_infer_chooses_an_engine_by_measurement_and_reports_it(tmp_path, monkeypatch):
+    """`medseg3d infer --engine auto --precision auto`: the engine is measured on the first window, its labels
+    agree with PyTorch fp32, and the report says what ran; the choice is cached for the next run."""
+    import json
+
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from medseg3d.cli import app
+
+    repo = Path(__file__).resolve().parents[2]
+    ckpt, scan = repo / "tests" / "fixtures" / "checkpoint_v1.pt", repo / "data_samples" / "imagesTs" / "BRATS_007.nii.gz"
+    monkeypatch.setenv("MEDSEG3D_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+    r = runner.invoke(app, ["infer", str(scan), "-m", str(ckpt), "-o", str(tmp_path / "auto"), "--no-preview",
+                            "--engine", "auto", "--precision", "auto"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "auto" / "BRATS_007.json").read_text())
+    (used,) = report["inference"]["engines"]
+    assert used["engine"] in ("torch", "onnxruntime", "openvino") and used["precision"] in ("fp32", "bf16")
+    assert used["selection"].startswith("measured") and used["windows_run"] + used["windows_skipped"] > 0
+    r = runner.invoke(app, ["infer", str(scan), "-m", str(ckpt), "-o", str(tmp_path / "fp32"), "--no-preview",
+                            "--engine", "torch", "--precision", "fp32"])
+    assert r.exit_code == 0, r.output
+    a = np.asarray(nib.load(tmp_path / "auto" / "BRATS_007.nii.gz").dataobj)
+    b = np.asarray(nib.load(tmp_path / "fp32" / "BRATS_007.nii.gz").dataobj)
+    assert (a == b).mean() >= 0.995
+    r = runner.invoke(app, ["infer", str(scan), "-m", str(ckpt), "-o", str(tmp_path / "again"), "--no-preview",
+                            "--engine", "auto", "--precision", "auto"])
+    again = json.loads((tmp_path / "again" / "BRATS_007.json").read_text())["inference"]["engines"][0]
+    assert (again["engine"], again["precision"]) == (used["engine"], used["precision"])
+    assert again["selection"].startswith("cached")
