@@ -244,7 +244,21 @@ class Trainer:
             n_out = {d.name: d.n_out for d in self.domains}
         else:
             n_in, n_out = len(self.info.channels), self.domains[0].n_out
-        return build_network(self.cfg, n_in, n_out).to(self.device)
+        net = build_network(self.cfg, n_in, n_out)
+        self._check_patch_fits(net)
+        return net.to(self.device)
+
+    def _check_patch_fits(self, net: torch.nn.Module) -> None:
+        """A patch must leave the network's deepest level more than one voxel (normalisation in training needs
+        more than one value per channel)."""
+        div = getattr(net, "divisor", 1)
+        divs = [div] * len(self.cfg.train.patch_size) if isinstance(div, int) else list(div)
+        patch = list(self.cfg.train.patch_size)
+        if all(-(-p // d) <= 1 for p, d in zip(patch, divs)):
+            need = [2 * d for d in divs]
+            raise MedsegError(f"train.patch_size {patch} is too small for {self.cfg.model.name} as configured: its "
+                              f"deepest level would be a single voxel (the network downsamples by {divs}); use a "
+                              f"patch of at least {need}, or a shallower network (model.params)")
 
     def _log_fields(self) -> list[str]:
         f = ["epoch", "iterations", "train_loss", "val_loss", "val_dice_mean"]
