@@ -862,3 +862,10 @@ def test_debug_is_the_only_way_to_a_traceback(tmp_path):
     assert "Traceback (most recent call last)" in debug.stderr
     assert f"medseg3d.errors.MedsegError: {missing}: config file not found" in debug.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_every_row_is_in_the_readme():
+    """The README's bad-input table lists every row of this table (it is the user's copy of it)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name for name in ROWS if f"`{name}`" not in readme]
+    assert not missing, f"rows missing from README.md's bad-input table: {missing}"
