@@ -14,10 +14,11 @@ patches: about 30 min on 2 cores; 30 steps with --quick), later runs reuse it. R
 
 - ``monai``: NormalizeIntensity(nonzero) over the whole volume, MONAI ``sliding_window_inference`` (window
   ``train.patch_size``, overlap 0.5, gaussian, ``infer.sw_batch_size``), torch fp32, argmax;
-- ``segmenter``: today's ``medseg3d.inference.segmenter.Segmenter`` with the network itself (torch fp32);
-- ``ENGINE/PRECISION``: the same Segmenter with :func:`medseg3d.inference.engines.make_runner` in place of the
-  network, on all free cores (or ``--threads``); ``auto`` measures engines, precisions and threads on its
-  first window (a fresh cache), ``auto (cached)`` reuses that measurement.
+- ``segmenter``: ``medseg3d.inference.segmenter.Segmenter`` (what ``medseg3d infer`` runs) with the engine
+  pinned to PyTorch fp32;
+- ``ENGINE/PRECISION``: the same Segmenter with that window engine (``infer.engine``/``infer.precision``), on
+  all free cores (or ``--threads``); ``auto`` (the default of ``medseg3d infer``) measures engines, precisions
+  and threads on its first window (a fresh cache), ``auto (cached)`` reuses that measurement.
 
 Columns: ``setup`` (runner export/compile, outside ``infer``), ``infer`` (the whole inference call: reading
 excluded, preprocessing, windows, stitching, inversion and postprocessing included; for ``auto`` also the
@@ -48,8 +49,12 @@ DEFAULT_ENGINES = "torch/bf16,onnxruntime/fp32,openvino/fp32,openvino/bf16,auto"
 # ------------------------------------------------------------------------------------------------- workers
 def worker(args: argparse.Namespace) -> None:
     """One variant in this process; prints a JSON line."""
+    import os
+
     import torch
 
+    if args.cache:  # the engine choice is measured into this run's own cache (MEDSEG3D_CACHE/engines.json)
+        os.environ["MEDSEG3D_CACHE"] = str(Path(args.cache).parent)
     threads = args.threads or C.free_cores()
     torch.set_num_threads(threads)
     cfg = C.brats_config([f"train.patch_size=[{args.window},{args.window},{args.window}]"])
@@ -73,22 +78,19 @@ def worker(args: argparse.Namespace) -> None:
         from medseg3d.data.synthetic import CHANNELS, LABELS
         from medseg3d.inference.segmenter import Segmenter
 
-        net = model
-        if args.worker == "runner":
-            from medseg3d.inference.engines import make_runner
-
-            t0 = time.perf_counter()
-            engine, precision = (args.engine.split("/") + ["auto"])[:2] if args.engine != "auto" else ("auto", "auto")
-            net = make_runner(model, (len(CHANNELS), *(args.window,) * 3), engine=engine, precision=precision,
-                              threads=args.threads, cache=args.cache)
-            setup = time.perf_counter() - t0
-        seg = Segmenter(net, cfg, list(CHANNELS), dict(LABELS), device="cpu")
+        engine, precision = ("torch", "fp32") if args.worker == "segmenter" else (
+            ("auto", "auto") if args.engine == "auto" else tuple((args.engine.split("/") + ["auto"])[:2]))
+        cfg.infer.threads = args.threads
+        seg = Segmenter(model, cfg, list(CHANNELS), dict(LABELS), device="cpu", engine=engine, precision=precision)
         scan = seg.read((image, affine))
+        t0 = time.perf_counter()
+        runner = seg.predictor.window_fn(seg.members[0])  # the engine's export/compile, as infer's first window
+        setup = time.perf_counter() - t0
         t0 = time.perf_counter()
         labels = seg.segment(scan).labels.astype(np.uint8)
         elapsed = time.perf_counter() - t0
         if args.worker == "runner":
-            info["runner"] = net.describe()
+            info["runner"] = runner.describe()
     np.save(args.out, labels)
     print(json.dumps({"infer_s": elapsed, "setup_s": setup, "peak_rss_mb": C.peak_rss_mb(), **info}))
 
