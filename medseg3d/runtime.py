@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -46,3 +47,9 @@ def set_threads(n: int | None) -> int:
     if n is not None:
         torch.set_num_threads(max(1, min(int(n), free_cores())))
     return torch.get_num_threads()
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where medseg3d caches (preprocessed cases, fingerprints, device timings, engine choices): ``cache_dir``
+    (a config's ``data.cache_dir``), else ``$MEDSEG3D_CACHE``, else ``~/.cache/medseg3d``."""
+    return Path(cache_dir or os.environ.get("MEDSEG3D_CACHE") or Path.home() / ".cache" / "medseg3d").expanduser()

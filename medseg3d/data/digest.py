@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..runtime import cache_root
+
 MEMO_NAME = "file_digests.json"
 RACY_NS = 1_000_000_000  # files changed less than this before being hashed are hashed again next time
 _CHUNK = 1 << 20
@@ -31,7 +33,7 @@ _CHUNK = 1 << 20
 
 def default_cache_dir() -> Path:
     """``$MEDSEG3D_CACHE`` or ``~/.cache/medseg3d`` (the default of ``data.cache_dir``)."""
-    return Path(os.environ.get("MEDSEG3D_CACHE", Path.home() / ".cache" / "medseg3d"))
+    return cache_root()
 
 
 def sha256_file(path: str | Path) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MedsegError
+from ..runtime import cache_root as runtime_cache_root
 from ..io.nifti import read_label
 from ..io.readers import read_scan
 from ..io.scan import atomic_write
@@ -57,7 +57,7 @@ CT_FLOOR_HU = -900.0
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """``cache_dir``, else ``$MEDSEG3D_CACHE``, else ``~/.cache/medseg3d``."""
-    return Path(cache_dir or os.environ.get("MEDSEG3D_CACHE", Path.home() / ".cache" / "medseg3d")).expanduser()
+    return runtime_cache_root(cache_dir)
 
 
 def _files(info: DatasetInfo) -> list[str]:

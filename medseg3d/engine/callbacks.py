@@ -38,7 +38,6 @@ class Budget(Callback):
         self.save_s = save_s
         self.steps: list[float] = []
         self.validation_s: Optional[float] = None
-        self._last = None
 
     # ---- estimates ------------------------------------------------------------------------------------------
     @property
@@ -64,20 +63,13 @@ class Budget(Callback):
         self.validation_s = seconds if self.validation_s is None else max(self.validation_s, seconds)
 
     # ---- hooks ----------------------------------------------------------------------------------------------
-    def on_fit_start(self, loop: Loop) -> None:
-        self._last = loop.clock()
-
     def on_step_end(self, loop: Loop, loss: float) -> None:
         now = loop.clock()
-        self.steps.append(now - self._last)
-        self._last = now
+        self.steps.append(loop.step_seconds)  # the step alone: validation and saving are accounted apart
         # another step, then the validation that ends the (cut) epoch if it fits, the final validation and the
         # checkpoints, must all fit
         if now + self.step_s + self.final_s + self.save_s > self.deadline and loop.state.stop is None:
             loop.state.stop = "budget"
-
-    def on_epoch_end(self, loop: Loop, row: dict[str, Any], finished: bool) -> None:
-        self._last = loop.clock()  # validation and saving are not steps
 
 
 class Validation(Callback):
@@ -160,6 +152,8 @@ class TensorBoard(Callback):
     def on_fit_end(self, loop: Loop) -> None:
         self.writer.close()
 
+    on_abort = on_fit_end
+
 
 class Checkpoints(Callback):
     """``last.pt`` at the end of every epoch (a cut epoch included, with its losses so far) and ``best.pt`` on the
@@ -179,13 +173,14 @@ class Checkpoints(Callback):
             s.best_metric = mean
         self.save(self.run_dir / "last.pt", finished)
         if improved:
-            shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
-            (self.run_dir / ".best.pt.tmp").replace(self.run_dir / "best.pt")
+            self._best_from_last()
 
     def on_fit_end(self, loop: Loop) -> None:
         if self.write and not (self.run_dir / "best.pt").exists() and (self.run_dir / "last.pt").exists():
-            shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
-            (self.run_dir / ".best.pt.tmp").replace(self.run_dir / "best.pt")
+            self._best_from_last()
+
+    def _best_from_last(self) -> None:
+        atomic_write(self.run_dir / "best.pt", lambda tmp: shutil.copyfile(self.run_dir / "last.pt", tmp))
 
 
 class ProgressPlot(Callback):
@@ -266,6 +261,8 @@ class Progress(Callback):
             self.bar.close()
             self.bar = None
 
+    on_abort = on_fit_end
+
     def write(self, msg: str) -> None:
         if self.bar is not None:
             self.bar.write(msg, file=self.stream)
@@ -282,12 +279,16 @@ def _duration(seconds: float) -> str:
 
 
 class Signals(Callback):
-    """SIGINT (Ctrl-C) and SIGTERM end the loop after the current step, so the cut epoch is saved and can be
-    resumed; a second Ctrl-C stops at once. The previous handlers come back at the end of the loop
-    (:class:`RestoreSignals`, placed before the final validation, which Ctrl-C then interrupts at once)."""
+    """SIGINT (Ctrl-C) and SIGTERM end the loop after the current step (or the epoch that is ending), so the cut
+    epoch is saved and can be resumed; a second Ctrl-C stops at once. The handler only notes the signal
+    (``pending``); the stop takes effect at a step's or an epoch's end, on every rank at once under DDP
+    (:class:`SyncStop` reads ``pending`` there). Placed just before the final validation, it puts the previous
+    handlers back at the end of the loop, so Ctrl-C interrupts the final validation at once."""
 
-    def __init__(self):
+    def __init__(self, synced: bool = False):
         self._old: dict[int, Any] = {}
+        self.pending: Optional[str] = None
+        self.synced = synced  # a SyncStop turns `pending` into the stop
 
     def on_fit_start(self, loop: Loop) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -295,15 +296,29 @@ class Signals(Callback):
 
         def handler(signum, frame):
             name = signal.Signals(signum).name
-            if loop.state.stop == name == "SIGINT":
+            if name == "SIGINT" and self.pending == "SIGINT":
                 raise KeyboardInterrupt
-            loop.state.stop = name
+            self.pending = name
             print(f"\n{name} received: saving a checkpoint after this step", file=sys.stderr, flush=True)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, handler)
 
+    def _take(self, loop: Loop) -> None:
+        if self.pending and not self.synced and loop.state.stop not in SIGNAL_STOPS:
+            loop.state.stop = self.pending
 
+    def on_step_end(self, loop: Loop, loss: float) -> None:
+        self._take(loop)
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any], finished: bool) -> None:
+        self._take(loop)
+
+    def on_fit_end(self, loop: Loop) -> None:
+        self.restore()
+
+    def on_abort(self, loop: Loop) -> None:
+        self.restore()
 
     def restore(self) -> None:
         for sig, old in self._old.items():
@@ -311,27 +326,29 @@ class Signals(Callback):
         self._old.clear()
 
 
-class RestoreSignals(Callback):
-    """Puts back the handlers :class:`Signals` replaced."""
-
-    def __init__(self, signals: Signals):
-        self.signals = signals
-
-    def on_fit_end(self, loop: Loop) -> None:
-        self.signals.restore()
-
-
 class SyncStop(Callback):
-    """Several processes: a stop on any rank (budget, signal) stops every rank after the same step, for the
-    same reason (a signal before the budget)."""
+    """Several processes: a stop on any rank (budget, a signal noted by :class:`Signals`) stops every rank
+    after the same step, for the same reason (a signal before the budget); at the end, the ranks' weights are
+    compared (``check()``) before rank 0 alone runs the final validation."""
 
-    def __init__(self, any_rank: Callable[[bool], bool], gather: Callable[[Any], list]):
-        self.any_rank, self.gather = any_rank, gather
+    def __init__(self, any_rank: Callable[[bool], bool], gather: Callable[[Any], list], signals: Signals,
+                 check: Callable[[], None]):
+        self.any_rank, self.gather, self.signals, self.check = any_rank, gather, signals, check
+
+    def _sync(self, loop: Loop) -> None:
+        mine = self.signals.pending or loop.state.stop
+        if self.any_rank(mine is not None):
+            reasons = [r for r in self.gather(mine) if r]
+            loop.state.stop = next((r for r in reasons if r in SIGNAL_STOPS), reasons[0])
 
     def on_step_end(self, loop: Loop, loss: float) -> None:
-        if self.any_rank(loop.state.stop is not None):
-            reasons = [r for r in self.gather(loop.state.stop) if r]
-            loop.state.stop = next((r for r in reasons if r in SIGNAL_STOPS), reasons[0])
+        self._sync(loop)
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any], finished: bool) -> None:
+        self._sync(loop)
+
+    def on_fit_end(self, loop: Loop) -> None:
+        self.check()
 
 
 class FinalValidation(Callback):

@@ -36,6 +36,9 @@ class Callback:
 
     def on_fit_end(self, loop: "Loop") -> None: ...
 
+    def on_abort(self, loop: "Loop") -> None:
+        """The loop raised (a crash, a diverged loss): let go of what the callback holds (handlers, files)."""
+
 
 def train_step(model: torch.nn.Module, batch: dict, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                scheduler: Any, scaler: torch.amp.GradScaler, *, device: torch.device, amp: bool = False,
@@ -73,6 +76,7 @@ class Loop:
         self.total_epochs = -(-total_iterations // iters_per_epoch)
         self.callbacks = list(callbacks)
         self.clock = clock
+        self.step_seconds = 0.0  # how long the last step took (the callbacks' time not included)
 
     def callback(self, kind: type) -> Any:
         """The first callback of a type (callbacks consult each other, e.g. validation asks the budget)."""
@@ -86,6 +90,14 @@ class Loop:
         return self.state.epoch + 1 >= self.total_epochs or self.state.stop is not None
 
     def run(self) -> TrainState:
+        try:
+            return self._run()
+        except BaseException:
+            for cb in self.callbacks:
+                cb.on_abort(self)
+            raise
+
+    def _run(self) -> TrainState:
         s = self.state
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -93,12 +105,14 @@ class Loop:
             t0 = self.clock()
             end = self.epoch_end_iteration()
             while s.iteration < end and s.stop is None:
+                t_step = self.clock()
                 loss = self.step()
+                self.step_seconds = self.clock() - t_step
                 s.epoch_losses.append(loss)
                 s.iteration += 1
                 for cb in self.callbacks:
                     cb.on_step_end(self, loss)
-            finished = s.iteration == end
+            finished = s.iteration >= end
             s.epoch_seconds = self.clock() - t0
             row = {"epoch": s.epoch + 1, "iterations": s.iteration,
                    "train_loss": float(np.mean(s.epoch_losses)) if s.epoch_losses else float("nan")}

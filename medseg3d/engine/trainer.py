@@ -46,13 +46,15 @@ from ..data.digest import add_digests
 from ..data.slices import resolve_slices
 from ..data.transforms import LoadCased, augment_transforms, preprocess_transforms
 from ..errors import MedsegError, medseg_cause
-from ..runtime import pick_device, set_threads
+from ..io.scan import atomic_write_all
+from ..runtime import cache_root, pick_device, set_threads
 from . import callbacks as cb
 from . import distributed
 from .loop import Loop, NonFiniteLoss, train_step
 from .losses import build_loss
 from .metrics import structures
 from .state import TrainState, capture_rng, random_states, restore_rng
+from ..inference.slices import window_shape
 from .validation import final_validation, validate_on_grid
 
 
@@ -70,7 +72,7 @@ class TrainingInterrupted(MedsegError):
 
 def cache_base(cfg: Config) -> Path:
     """Where medseg3d caches: data.cache_dir, else $MEDSEG3D_CACHE, else ~/.cache/medseg3d."""
-    return Path(cfg.data.cache_dir or os.environ.get("MEDSEG3D_CACHE", Path.home() / ".cache" / "medseg3d"))
+    return cache_root(cfg.data.cache_dir)
 
 
 def cache_dir_for(cfg: Config, info: DatasetInfo, map_labels: bool = True) -> Path:
@@ -98,6 +100,7 @@ class DomainData:
     val_ds: Any = None
     aug: Any = None
     cached: tuple = ()  # the cached (preprocessed) training and validation datasets
+    val_shapes: list = field(default_factory=list)  # the preprocessed validation cases' shapes
 
     @property
     def n_out(self) -> int:
@@ -121,6 +124,7 @@ class Trainer:
                  started_at: float | None = None, extra_files: dict[str, str] | None = None):
         self.started_at = time.monotonic() if started_at is None else started_at
         self.extra_files = dict(extra_files or {})  # written into the run folder with config.yaml (a plan)
+        self._close: list = []
         self.dist, self.device = distributed.from_env(pick_device(cfg.train.device))
         self.domains: list[DomainData] = []
         region_mode = cfg.data.target == "regions"
@@ -210,8 +214,8 @@ class Trainer:
             cache = cache_dir_for(cfg, dom.info, map_labels=values is not None)
             cache.mkdir(parents=True, exist_ok=True)
             # each case carries its files' content digest, so an edited file gets a new cache entry
-            train_cases = add_digests(dom.train_cases, cache_base(cfg))
-            val_cases = add_digests(dom.val_cases, cache_base(cfg))
+            cases = add_digests(dom.train_cases + dom.val_cases, cache_base(cfg))
+            train_cases, val_cases = cases[:len(dom.train_cases)], cases[len(dom.train_cases):]
             cached_train = PersistentDataset(train_cases, transform=pre, cache_dir=cache)
             dom.val_ds = PersistentDataset(val_cases, transform=pre, cache_dir=cache) if dom.val_cases else None
             dom.aug = mt.Compose(augment_transforms(cfg, dom.regions))
@@ -230,8 +234,10 @@ class Trainer:
             for ds in dom.cached:
                 if ds is None:
                     continue
-                for i in range(len(ds)):
-                    shapes.append(tuple(ds[i]["image"].shape[1:]))
+                found = [tuple(ds[i]["image"].shape[1:]) for i in range(len(ds))]
+                shapes += found
+                if ds is dom.val_ds:
+                    dom.val_shapes = found
         if self.dist.main:
             warning = patch_padding_warning(self.cfg, shapes)
             if warning:
@@ -285,7 +291,7 @@ class Trainer:
         heads = {d.name: d.head for d in self.domains} if self.multi else {"": first.head}
         net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
         return ModelContract(self.cfg, heads, self.mirror_axes, net.state_dict(), source=str(self.run_dir),
-                             extra={**extra, "target": self.cfg.data.target})
+                             extra=extra)
 
     # ---- the run ------------------------------------------------------------------------------------------
     def fit(self) -> Path:
@@ -315,10 +321,9 @@ class Trainer:
         self._preprocess_all()
         if d.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-            (self.run_dir / "splits.json").write_text(json.dumps(self._splits_json, indent=1))
-            for name, text in self.extra_files.items():
-                (self.run_dir / name).write_text(text)
+            files = {"config.yaml": dump_config(cfg), "splits.json": json.dumps(self._splits_json, indent=1),
+                     **self.extra_files}
+            atomic_write_all({self.run_dir / name: _text_writer(text) for name, text in files.items()})
 
         net = self._build_model()
         opt = self._optimizer(net)
@@ -350,6 +355,7 @@ class Trainer:
             save_checkpoint(self._contract(net, extra), path)
 
         batches = {dom.name: self._batches(dom, sampler) for dom in self.domains}
+        self._close = [b.close for b in batches.values()]  # (a DataLoader's worker processes end with them)
 
         def step() -> float:
             dom = self._pick_domain(sampler, state.iteration)
@@ -362,7 +368,15 @@ class Trainer:
         def final() -> None:
             final_validation(net, cfg, self.domains, self.run_dir, self.device, self.mirror_axes, self.multi)
 
-        callbacks = self._callbacks(net, opt, state, save, validate, final)
+        def same_weights() -> None:  # under DDP the ranks must hold the same weights; a difference is a bug
+            sums = distributed.gather(weights_checksum(net.state_dict()), d)
+            if len(set(sums)) != 1:
+                raise RuntimeError(f"the {d.world_size} training processes ended with different weights")
+            if d.main:
+                print(f"ranks in sync: the {d.world_size} processes hold the same weights (sha256 {sums[0][:12]})",
+                      flush=True)
+
+        callbacks = self._callbacks(net, opt, state, save, validate, final, same_weights)
         if d.main:
             n_params = sum(p.numel() for p in net.parameters())
             print(f"run folder: {self.run_dir}", flush=True)
@@ -381,13 +395,9 @@ class Trainer:
                     if (self.run_dir / "last.pt").exists() else "no epoch had finished, so nothing was saved")
             raise MedsegError(f"training diverged at epoch {state.epoch + 1}, iteration {state.iteration + 1}: "
                               f"{e}; {kept}; lower train.lr or turn on train.grad_clip") from None
-        if d.enabled:  # the ranks must hold the same weights; a difference is a bug, not a user error
-            sums = distributed.gather(weights_checksum(net.state_dict()), d)
-            if len(set(sums)) != 1:
-                raise RuntimeError(f"the {d.world_size} training processes ended with different weights")
-            if d.main:
-                print(f"ranks in sync: the {d.world_size} processes hold the same weights (sha256 {sums[0][:12]})",
-                      flush=True)
+        finally:
+            for close in self._close:
+                close()
         if state.stop in cb.SIGNAL_STOPS:
             raise TrainingInterrupted(
                 f"interrupted by {state.stop} at epoch {state.epoch + 1}, iteration {state.iteration}; a checkpoint "
@@ -395,10 +405,11 @@ class Trainer:
                 state.stop)
         return self.run_dir
 
-    def _callbacks(self, net, opt, state: TrainState, save, validate, final) -> list[cb.Callback]:
-        """The loop's callbacks, in order: budget, signals, (rank sync), validation, log, checkpoints, plot,
-        TensorBoard, progress, the handlers restored, the final validation. Other ranks than 0 only take part
-        in the budget, signals, the stop sync and the checkpoints' random states."""
+    def _callbacks(self, net, opt, state: TrainState, save, validate, final, same_weights) -> list[cb.Callback]:
+        """The loop's callbacks, in order: budget, (rank sync), validation, log, checkpoints, plot, TensorBoard,
+        progress, signals (their handlers put back before the final validation), the final validation. Ranks
+        other than 0 only take part in the budget, signals, the stop sync and the checkpoints' random
+        states."""
         t, d = self.cfg.train, self.dist
         has_val = d.main and any(dom.val_ds is not None for dom in self.domains)
         lr = lambda: opt.param_groups[0]["lr"]  # noqa: E731
@@ -407,11 +418,10 @@ class Trainer:
             callbacks.append(cb.Budget(parse_duration(t.budget), self.started_at,
                                        *self._validation_estimates(net) if has_val else (0.0, 0.0),
                                        save_s=self._save_estimate(net)))
-        signals = cb.Signals()
-        callbacks.append(signals)
+        signals = cb.Signals(synced=d.enabled)
         if d.enabled:
             callbacks.append(cb.SyncStop(lambda flag: distributed.any_rank(flag, d, self.device),
-                                         lambda reason: distributed.gather(reason, d)))
+                                         lambda reason: distributed.gather(reason, d), signals, same_weights))
         if has_val:
             callbacks.append(cb.Validation(validate, t.val_every))
         if d.main:
@@ -423,7 +433,7 @@ class Trainer:
                 callbacks.append(cb.TensorBoard(self.run_dir / "tensorboard",
                                                 state.iteration if self.resume_from is not None else None, lr))
             callbacks.append(cb.Progress())
-        callbacks.append(cb.RestoreSignals(signals))
+        callbacks.append(signals)
         if has_val:
             callbacks.append(cb.FinalValidation(final))
         return callbacks
@@ -434,9 +444,14 @@ class Trainer:
         if world != self.dist.world_size:
             raise MedsegError(f"{self.run_dir / 'last.pt'}: the run trained on {world} process(es); resume it with "
                               f"the same number (now {self.dist.world_size}) to continue exactly")
+        if int(ck["iteration"]) > self.cfg.total_iterations:
+            raise MedsegError(f"{self.run_dir / 'last.pt'}: the run is already at iteration {ck['iteration']}, "
+                              f"beyond the {self.cfg.total_iterations} the config asks for; give a longer "
+                              f"train.iterations/epochs to continue it")
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        sched.lr_lambdas[0] = lr_factor(self.cfg)  # (the state holds the old length; a resume may change it)
         if ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         state.epoch, state.iteration = int(ck["epoch"]), int(ck["iteration"])
@@ -455,11 +470,10 @@ class Trainer:
         has run: one timed forward pass of a batch of windows times the number of batches, plus per-case
         overheads."""
         cfg = self.cfg
-        roi, sw = list(cfg.train.patch_size), max(1, cfg.infer.sw_batch_size)
+        roi, sw = list(cfg.infer.window_size or cfg.train.patch_size), max(1, cfg.infer.sw_batch_size)
         n_batches, n_cases = 0, 0
         for dom in self.domains:
-            for item in dom.val_ds or []:
-                shape = list(item["image"].shape[1:])
+            for shape in dom.val_shapes:
                 n_cases += 1
                 if cfg.model.spatial_dims == 2:  # slices in batches of sw (a slice fits one window)
                     n_batches += math.ceil(shape[cfg.model.slice_axis] / sw)
@@ -468,8 +482,7 @@ class Trainer:
                                            / sw)
         if not n_cases:
             return 0.0, 0.0
-        stack = 2 * cfg.model.context_slices + 1 if cfg.model.spatial_dims == 2 else 1
-        x = torch.zeros(sw, len(self.domains[0].info.channels) * stack, *roi, device=self.device)
+        x = torch.zeros(sw, *window_shape(cfg, len(self.domains[0].info.channels)), device=self.device)
         kw = {"domain": self.domains[0].name} if self.multi else {}
         was = model.training
         model.eval()
@@ -483,6 +496,8 @@ class Trainer:
             model.train(was)
         grid = per_batch * n_batches + 0.05 * n_cases
         final = 1.3 * grid + 0.5 * n_cases  # reading, inversion to the scan's grid, postprocessing, HD95, writing
+        if cfg.infer.engine == "auto" and os.environ.get("MEDSEG3D_ENGINE", "auto") == "auto":
+            final += 3.0 + 6 * per_batch  # the engines measured on the first window (when not cached yet)
         return grid, final
 
     def _save_estimate(self, model: torch.nn.Module) -> float:
@@ -536,6 +551,10 @@ def patch_padding_warning(cfg: Config, shapes: list[tuple[int, ...]]) -> str | N
             f"{' x '.join(map(str, largest))} voxels{at}); patches are zero-padded to the patch size, which costs "
             f"time and memory for nothing, so set train.patch_size to at most {fit}, rounded down to a multiple of "
             f"the network's downsampling factor")
+
+
+def _text_writer(text: str):
+    return lambda tmp: Path(tmp).write_text(text)
 
 
 def _windows(size: int, roi: int, overlap: float) -> int:

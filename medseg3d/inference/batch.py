@@ -144,7 +144,8 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
                   statistics: bool = False, fast: bool = False, engine: Optional[str] = None,
                   precision: Optional[str] = None, threads: Optional[int] = None, skip_empty: Optional[bool] = None,
                   log: Callable[[str], None] = print) -> BatchResult:
-    """Segment every case named by ``inputs`` with the model(s) and write the outputs into the folder ``output``
+    """Segment every case named by ``inputs`` with the model(s) (paths, or a ready :class:`Segmenter`, whose own
+    device, TTA, domain and engine settings then apply) and write the outputs into the folder ``output``
     (or, for one case, the file ``output`` such as ``seg.nii.gz``). ``postprocess`` overrides the checkpoint's
     postprocess settings (keys of the config's ``postprocess`` section; None keeps a setting). ``allow_2d``
     accepts single-slice images for a 3D model (default: only for 2D models). ``masks`` adds one binary mask per
@@ -154,6 +155,8 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
     window engine settings (:mod:`medseg3d.inference.engines`; the report records what ran). Returns what was
     written and what failed; ``log`` gets one line per case."""
     t_start = time.perf_counter()
+    if uncertainty not in (None, "entropy", "variance"):
+        raise MedsegError(f"unknown uncertainty '{uncertainty}'; use entropy or variance")
     seg = models if isinstance(models, Segmenter) else Segmenter.from_checkpoint(
         models if isinstance(models, (list, tuple)) else [models], device=device, tta=tta, domain=domain,
         engine=engine, precision=precision)
@@ -162,8 +165,6 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
     seg.configure(overlap=overlap, sw_batch_size=sw_batch_size, threads=threads, skip_empty=skip_empty)
     if postprocess:
         seg.set_postprocess(**postprocess)
-    if uncertainty not in (None, "entropy", "variance"):
-        raise MedsegError(f"unknown uncertainty '{uncertainty}'; use entropy or variance")
     output = Path(output)
     cases = collect_cases(inputs, seg.channels, channels_per_case)
     if fmt is not None:
@@ -176,12 +177,13 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
     created = [d for folder in sorted({p.parent for plan in plans for p in plan.paths()})
                for d in check_writable(folder)]
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    single = len(plans) == 1  # one case: its error is the command's one line
     if world > 1:  # under torchrun every process takes its share of the cases
         plans, created = plans[rank::world], []
     result = BatchResult()
     rows: list[dict] = []
     try:
-        _segment_all(seg, plans, uncertainty, tta, log, result, allow_2d, rows if statistics else None)
+        _segment_all(seg, plans, uncertainty, log, result, allow_2d, rows if statistics else None, single)
         if statistics and rows:
             from ..io.report import statistics_table
             from ..io.scan import atomic_write
@@ -195,25 +197,25 @@ def segment_files(inputs: Sequence[PathLike], models: PathLike | Sequence[PathLi
     return result
 
 
-def _segment_all(seg: Segmenter, plans: list[CaseOutputs], uncertainty, tta: bool, log,
-                 result: BatchResult, allow_2d: Optional[bool] = None, rows: Optional[list] = None) -> None:
+def _segment_all(seg: Segmenter, plans: list[CaseOutputs], uncertainty, log, result: BatchResult,
+                 allow_2d: Optional[bool] = None, rows: Optional[list] = None, single: bool = False) -> None:
     for plan in plans:
         try:
             try:
-                _segment_case(seg, plan, uncertainty, tta, log, allow_2d, rows)
+                _segment_case(seg, plan, uncertainty, log, allow_2d, rows)
             except OSError as e:  # a failed write (disk full, permissions): nothing of the case is left behind
                 raise MedsegError(f"{plan.labels.parent}: writing {plan.case.name}'s outputs failed "
                                   f"({e.strerror or e}), so none of them was written; free disk space or fix the "
                                   f"folder's permissions, or choose another output folder") from None
             result.written.append(plan)
         except MedsegError as e:
-            if len(plans) == 1:
+            if single:
                 raise  # one case: its error is the command's one line
             result.failed.append((plan.case.name, str(e)))
             log(f"{plan.case.name}: FAILED: {e}")
 
 
-def _segment_case(seg: Segmenter, plan: CaseOutputs, uncertainty, tta: bool, log, allow_2d=None,
+def _segment_case(seg: Segmenter, plan: CaseOutputs, uncertainty, log, allow_2d=None,
                   rows: Optional[list] = None) -> None:
     from ..io.preview import preview_figure, preview_writer
     from ..io.report import case_report, report_writer, statistics_rows

@@ -61,6 +61,8 @@ import torch
 from torch import nn
 
 from ..errors import MedsegError
+from ..io.scan import first_line
+from ..runtime import cache_root, free_cores
 from ..models import MainOutput as _MainOutput
 
 ENGINES = ("torch", "onnxruntime", "openvino")
@@ -73,14 +75,6 @@ _CACHE_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def free_cores() -> int:
-    """The number of CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -105,11 +99,6 @@ def _version(module: str) -> str | None:
         return __import__(module).__version__
     except Exception:  # noqa: BLE001 - not installed or broken: not a candidate
         return None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _load() -> tuple[float, float, float]:
@@ -285,7 +274,7 @@ class _OpenVinoBackend(_Backend):
 
 # ------------------------------------------------------------------------------------------------- cache
 def _cache_path() -> Path:
-    return Path(os.environ.get("MEDSEG3D_CACHE", Path.home() / ".cache" / "medseg3d")) / CACHE_FILE
+    return cache_root() / CACHE_FILE
 
 
 def _read_cache(path: Path) -> dict:
@@ -412,7 +401,7 @@ class Runner(nn.Module):
         except Exception as e:
             if cand == Candidate("torch", "fp32"):
                 raise
-            reason = _first_line(e)
+            reason = first_line(e)
             self.failed[str(cand)] = reason
             self.fallback = f"{cand} could not be built ({reason}); running torch/fp32"
             warnings.warn(f"engine {cand}: {reason}; falling back to torch fp32", RuntimeWarning, stacklevel=4)
@@ -500,7 +489,7 @@ class Runner(nn.Module):
                     return one, out_one
                 del one, out_one
             except Exception as e:  # noqa: BLE001 - keep all cores
-                log[f"{cand} 1 thread"] = _first_line(e)
+                log[f"{cand} 1 thread"] = first_line(e)
             _release_memory()
         return self._build(cand, n), out_all
 
@@ -531,7 +520,7 @@ class Runner(nn.Module):
                 backend = self._build(cand, threads)
                 y = backend(x)
             except Exception as e:  # noqa: BLE001 - skipped, with the reason
-                self.failed[name] = _first_line(e)
+                self.failed[name] = first_line(e)
                 continue
             if name not in known:
                 if ref is None:
@@ -566,7 +555,7 @@ class Runner(nn.Module):
                 backend = self._build(cand, threads)
                 t_first, y = self._timed(backend, x)
             except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, with the reason
-                self.failed[name] = _first_line(e)
+                self.failed[name] = first_line(e)
                 continue
             if backend.build_s > 0.01:
                 log[f"{name} build"] = round(backend.build_s, 3)
@@ -671,6 +660,10 @@ class Runner(nn.Module):
     @property
     def threads(self) -> int | None:
         return self._backend.threads if self._backend else None
+
+    def reset_stats(self) -> None:
+        """Count windows and seconds from now on (e.g. per case)."""
+        self.stats = _Stats()
 
     def describe(self) -> dict[str, Any]:
         """For the JSON report: ``engine``, ``precision``, ``threads`` (None until an 'auto' runner has seen

@@ -235,14 +235,18 @@ class Predictor:
             raise MedsegError(f"{scan.sources[0] if scan.sources else 'image'}: the image is empty (every voxel is "
                               f"zero), so there is nothing to segment; check that this is the right file")
         self.check_memory(scan, variance)
-        prepared: dict[int, MetaTensor] = {}  # one preprocessing per shared pipeline
-        runs = []
         for m in self.members:
+            for r in m.runners.values():
+                r.reset_stats()  # (each case's report counts its own windows)
+        prepared: dict[int, MetaTensor] = {}  # one preprocessing per shared pipeline
+        moments, passes = 0, 0
+        for m in self.members:  # a running sum: one member's probabilities on the scan's grid at a time
             if id(m.pre) not in prepared:
                 prepared[id(m.pre)] = m.pre({"image": scan_to_metatensor(scan)})["image"]
-            runs.append(self._member_moments(m, prepared[id(m.pre)], scan, variance))
-        passes = sum(n for _, n in runs)
-        moments = sum(out * n for out, n in runs) / passes
+            out, n = self._member_moments(m, prepared[id(m.pre)], scan, variance)
+            moments, passes = moments + out * n, passes + n
+            del out
+        moments = moments / passes
         c = self.members[0].head.n_out
         probs = moments[:c]
         var = np.clip(moments[c:] - probs ** 2, 0, None).mean(0) if variance else None

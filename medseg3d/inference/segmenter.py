@@ -174,12 +174,13 @@ class Segmenter:
                               f"positive number of windows per pass, e.g. 2")
         if threads is not None and threads < 1:
             raise MedsegError(f"threads {threads} (--threads) must be a positive number of threads")
+        changes = {k: v for k, v in (("overlap", overlap), ("sw_batch_size", sw_batch_size), ("threads", threads),
+                                     ("skip_empty", skip_empty)) if v is not None}
         for m in self.members:
-            for key, value in (("overlap", overlap), ("sw_batch_size", sw_batch_size), ("threads", threads),
-                               ("skip_empty", skip_empty)):
-                if value is not None:
+            if any(getattr(m.config.infer, k) != v for k, v in changes.items()):
+                for key, value in changes.items():
                     setattr(m.config.infer, key, value)
-            m.runners.clear()
+                m.runners.clear()  # (built for the old settings)
 
     def set_postprocess(self, **overrides: Any) -> None:
         """Override postprocessing settings (keys of the config's ``postprocess`` section; None keeps one).

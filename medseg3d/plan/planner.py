@@ -15,8 +15,8 @@ at hand. Every choice is a :class:`Decision` with the number behind it:
   widths and batch sizes of the ladder. Each candidate's step costs the measured network step plus the
   measured augmentation of its batch. With a budget, the candidates that still get enough optimiser steps
   (:func:`steps_wanted`: 100 in 3 minutes, growing as budget**0.6) compete on
-  ``2 log2(coverage) + log2(width) + 0.25 log2(batch)`` (coverage: share of the median image inside a patch,
-  at most 1); the winner trains for as many steps as the budget leaves. Without a budget the plan is nnU-Net's
+  ``2 log2(coverage) + 0.5 log2(width) + log2(steps / wanted, at most 4) + 0.25 log2(batch)`` (coverage: share of
+  the median image inside a patch, at most 1); the winner trains for as many steps as the budget leaves. Without a budget the plan is nnU-Net's
   (1000 epochs x 250 iterations, width 32, the patch capped at 128^3 voxels) with its estimated time here.
 - **budget accounting**: startup (a fresh interpreter importing the trainer, measured, + 2 s), preprocessing (the fingerprint's read times + the measured resampling
   rate), validation passes (at most 10 % of the budget: sliding windows over the validation cases of fold 0
@@ -61,9 +61,11 @@ MIN_EPOCH = 25
 NNUNET_EPOCHS, NNUNET_ITERS = 1000, 250
 #: plans with at least this many steps may afford spatial augmentation
 SPATIAL_AUG_STEPS = 1000
-#: how much a patch's share of the image counts against the net's width (context wins: on the CPU runs measured
-#: here a wider net on a small patch lost to a narrow one on a large patch in the same time)
-COVERAGE_WEIGHT = 2.0
+#: how much a patch's share of the image, the net's width and the steps beyond the wanted ones count in a
+#: candidate's score (context first, then steps, then width: on the CPU runs measured here a wider net on a small
+#: patch lost to a narrow one on a large patch, and a wide net with few steps to a narrow one with many, in the
+#: same time)
+COVERAGE_WEIGHT, WIDTH_WEIGHT, STEPS_WEIGHT = 2.0, 0.5, 1.0
 ANISO_RATIO = 3.0
 
 LADDER = {3: {"widths": [8, 16, 24, 32], "fallback_widths": [4], "batches": [2, 4], "min_side": 16,
@@ -372,7 +374,8 @@ def _plan_network(ctx: _Planning) -> None:
                 "step_s": _cost(costs, s, patch, base, depth, batch, spatial), "val_s": val,
                 "final_val_s": val * FINAL_VAL_FACTOR, "params": params, "coverage": cover,
                 "overhead_s": costs.epoch_overhead_seconds(params), "overlap": overlap, "spatial": spatial,
-                "score": COVERAGE_WEIGHT * math.log2(cover) + math.log2(base) + 0.25 * math.log2(batch)}
+                "score": COVERAGE_WEIGHT * math.log2(cover) + WIDTH_WEIGHT * math.log2(base)
+                + 0.25 * math.log2(batch)}
 
     patches = patch_candidates(ctx.plane_median, dims, lad["min_side"], lad["max_side"])
     ctx.est.update(startup=startup, preprocess=pre_s)
@@ -431,7 +434,7 @@ def _plan_training(ctx: _Planning) -> None:
     patch, base, depth, batch = c["patch"], c["base"], c["depth"], c["batch"]
     ctx.add("patch", list(patch), f"{c['coverage']:.0%} of the median image "
             f"{'x'.join(f'{m:.0f}' for m in ctx.plane_median)} at the target spacing"
-            + ("" if budget_s is None else f"; score 2 log2(coverage)+log2(width)+0.25 log2(batch) = "
+            + ("" if budget_s is None else f"; score 2 log2(coverage)+0.5 log2(width)+log2(steps/wanted)+0.25 log2(batch) = "
                f"{c['score']:.2f}, best that reaches the wanted steps"), "train.patch_size")
     ctx.add("depth", depth, f"pool while the smallest patch axis ({min(patch)}) is >= 8 (bottom "
             f"{min(patch) // 2 ** depth}), at most 512 bottom channels; divisor {2 ** depth}", "model.params.depth")
@@ -575,12 +578,12 @@ def _fit_budget(evaluate, patches, lad, avail, budget_s, want, overlap) -> dict 
     best = None
     for base in lad["widths"]:
         for batch in lad["batches"]:
-            for p in patches:  # largest first: the first that fits is this (width, batch)'s best
+            for p in patches:
                 c = _schedule(evaluate(p, base, batch, overlap, False), avail, budget_s)
                 if c["steps"] >= want:
+                    c["score"] += STEPS_WEIGHT * math.log2(min(c["steps"], 4 * want) / want)
                     if best is None or (c["score"], c["steps"]) > (best["score"], best["steps"]):
                         best = c
-                    break
     if best is not None and best["steps"] >= max(SPATIAL_AUG_STEPS, want):
         sp = _schedule(evaluate(best["patch"], best["base"], best["batch"], overlap, True), avail, budget_s)
         if sp["steps"] >= max(SPATIAL_AUG_STEPS, want):

@@ -284,3 +284,16 @@ def test_progress_plot_draws_every_class_also_at_zero():
         assert list(lines["TC"]) == [0.0, 0.0, 0.0] and np.isnan(lines["ET"][0]) and lines["ET"][2] == 0.0
         assert [ln.get_label() for ln in fig.axes[0].get_lines()] == ["train loss", "validation loss"]
         plt.close(fig)
+
+
+def test_resume_with_a_longer_schedule_keeps_learning(tmp_path):
+    """Resuming with more iterations stretches the schedule (the saved scheduler state holds the old length)."""
+    run = Trainer(tiny(tmp_path, "train.iterations=2", "train.iters_per_epoch=2", "train.scheduler=poly"),
+                  tmp_path / "r").fit()
+    Trainer(tiny(tmp_path, "train.iterations=6", "train.iters_per_epoch=2", "train.scheduler=poly"),
+            resume=run).fit()
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [int(r["iterations"]) for r in rows] == [2, 4, 6]
+    assert float(rows[1]["lr"]) > 0  # after iteration 4 of 6, not past the end of the old 2-step schedule
+    with pytest.raises(Exception, match="already at iteration 6, beyond the 2"):
+        Trainer(tiny(tmp_path, "train.iterations=2", "train.iters_per_epoch=2"), resume=run).fit()

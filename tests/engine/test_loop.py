@@ -102,3 +102,42 @@ def test_a_stop_cuts_the_epoch_and_keeps_its_losses(stop_at):
     assert rec.epochs[-1] == (1, stop_at, finished)
     assert state.epoch == (1 if finished else 0)
     assert state.epoch_losses == ([] if finished else [0.25] * stop_at)
+
+
+def test_a_crash_in_the_loop_puts_the_signal_handlers_back():
+    """A loop that raises (a diverged loss, a bad batch) leaves no handler of its own installed, so a notebook's
+    next Ctrl-C interrupts as usual."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+
+    def boom():
+        raise RuntimeError("bad batch")
+
+    sig = cb.Signals()
+    with pytest.raises(RuntimeError):
+        Loop(boom, TrainState(), iters_per_epoch=2, total_iterations=4, callbacks=[sig]).run()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_signal_stops_at_the_next_step_end_not_in_the_middle_of_an_epoch_end():
+    """The handler only notes the signal; the loop stops after the step (or the epoch) that is running."""
+    import os
+    import signal
+
+    seen = []
+
+    class Record(Callback):
+        def on_epoch_end(self, loop, row, finished):
+            seen.append((row["iterations"], finished, loop.state.stop))
+
+    def step():
+        if len(seen) == 0 and state.iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives during the third step
+        return 0.5
+
+    state = TrainState()
+    sig = cb.Signals()
+    Loop(step, state, iters_per_epoch=5, total_iterations=10, callbacks=[sig, Record()]).run()
+    assert state.stop == "SIGTERM" and state.iteration == 3
+    assert seen == [(3, False, "SIGTERM")]
