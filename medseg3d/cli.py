@@ -11,7 +11,8 @@ from typing import List, Optional
 
 import typer
 
-_STARTED = time.monotonic()  # the budget of `train` counts from the command's start
+# the budget of `train` counts from the command's start (under --nproc, from the launcher's)
+_STARTED = float(os.environ.get("MEDSEG3D_STARTED", time.monotonic()))
 _STATE = {"debug": False}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -79,6 +80,8 @@ def train(
         argv = [a for i, a in enumerate(sys.argv[1:]) if not (a.startswith("--nproc") or (
             i and sys.argv[i] == "--nproc"))]
         raise typer.Exit(launch(nproc, argv))
+    if config.is_dir() and resume is not None:  # a planned run resumes with the config it was planned with
+        config = resume / "config.yaml"
     if config.is_dir():
         from .plan import plan_and_train
 

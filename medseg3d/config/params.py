@@ -9,7 +9,7 @@ config sets is passed on, the network's own defaults (the papers') apply to the 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -145,10 +145,5 @@ LOSS_PARAMS: dict[str, type[_Params]] = {
 
 
 def known(kind: str) -> dict[str, type[_Params]]:
+    """The typed parameters of every network (``"model"``) or loss (``"loss"``), by name."""
     return NETWORK_PARAMS if kind == "model" else LOSS_PARAMS
-
-
-def check_params(kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``params`` of network/loss ``name``; returns them as given (only the keys set), coerced."""
-    model = known(kind)[name]
-    return model.model_validate(params).model_dump(exclude_unset=True)

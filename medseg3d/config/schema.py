@@ -14,8 +14,6 @@ from ..registry import did_you_mean
 from .labels import brats_labels, brats_regions, region_write_values
 from .params import LOSS_PARAMS, NETWORK_PARAMS
 
-LayerSpec = Union[str, list, None]
-
 
 def _known_name(kind: str, name: str, table: dict) -> str:
     """``name`` if it is a registered network/loss, else the same error the registries give."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -44,8 +46,8 @@ def from_env(device: torch.device) -> tuple[Dist, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():  # (the other ranks wait while rank 0 validates: a generous timeout)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return Dist(rank, world, local), device
 
 
@@ -82,6 +84,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.run import main as torchrun
 
     args = [f"--nproc_per_node={nproc}", "--standalone", "-m", "medseg3d", *argv]
+    os.environ.setdefault("MEDSEG3D_STARTED", repr(time.monotonic()))  # the budget counts from here
     try:
         torchrun(args)
     except SystemExit as e:

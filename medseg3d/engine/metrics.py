@@ -122,9 +122,20 @@ def labels_near(folder: str | Path) -> dict[str, int] | None:
 
 def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A label map file (NIfTI, NRRD, MHA) as integers (X, Y, Z) and its voxel -> RAS affine."""
-    from ..io.readers import open_image, read_label
+    from ..errors import MedsegError
+    from ..io.readers import read_image
 
-    return read_label(path), open_image(path, allow_2d=True).affine
+    scan = read_image(path, allow_2d=True)  # (one read: the voxels and the geometry)
+    if scan.data.shape[0] != 1:
+        raise MedsegError(f"{path}: a label map must be 3D with one channel, got {scan.data.shape[0]} channels; "
+                          f"give the label map, not an image")
+    data = scan.data[0]
+    rounded = np.round(data)
+    if not np.array_equal(data, rounded):
+        bad = data[data != rounded].flat[0]
+        raise MedsegError(f"{path}: a label map must hold integers, found {bad:g}; give the label map, not an image "
+                          f"or a probability map")
+    return rounded.astype(np.int32), scan.affine
 
 
 GRID_TOLERANCE_MM = 1e-2  # prediction and reference affines may differ by this much (float32 headers round)

@@ -523,7 +523,7 @@ class Trainer:
             while True:
                 idx = [sampler.randrange(n) for _ in range(t.batch_size)]
                 yield list_data_collate([_image_label(dom.train_ds[i]) for i in idx])
-        from torch.utils.data import DataLoader
+        from monai.data import DataLoader  # (its workers reseed MONAI's random transforms, each its own)
 
         def index_batches():
             while True:

@@ -6,8 +6,9 @@
 - **Final, in each case's own geometry** (:func:`final_validation`): each validation case's files go through the
   same Segmenter as ``medseg3d infer`` (preprocessing, sliding window, inversion to the scan's grid, the
   checkpoint's postprocessing); the label maps are written to ``RUN/validation/`` and scored against the
-  reference label files by the same code as ``medseg3d evaluate``, so ``validation_metrics.csv`` is exactly
-  what ``medseg3d evaluate RUN/validation LABELS`` writes.
+  reference label files by the same code as ``medseg3d evaluate``, so ``validation_metrics.csv`` is what
+  ``medseg3d evaluate RUN/validation LABELS -o table.csv`` writes for them (``--allow-missing`` when LABELS also
+  holds the training cases; ``--regions`` for a region-trained model).
 """
 
 from __future__ import annotations
