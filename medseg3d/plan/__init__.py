@@ -106,17 +106,19 @@ def plan_command(dataset: str | Path, budget: str | float | None = None, device:
 
 def plan_and_train(dataset: str | Path, budget: str | float | None = None, device: str = "auto",
                    overrides: list[str] | None = None, run_dir: str | Path | None = None,
-                   started_at: float | None = None, log: Callable[[str], None] = print) -> Path:
+                   started_at: float | None = None, log: Callable[[str], None] = print, *, cache_dir=None,
+                   timer=None) -> Path:
     """``medseg3d train DATASET [--budget B]``: plan a config for the dataset on this device within the budget
     (planning counts against it), then train it; the plan (commented YAML) and its decisions are saved in the
-    run folder as ``plan.yaml`` and ``plan.txt``. Returns the run folder."""
+    run folder as ``plan.yaml`` and ``plan.txt``. Returns the run folder. (``cache_dir`` and ``timer`` are
+    :func:`plan_dataset`'s.)"""
     import tempfile
 
     from ..config import load_config
     from ..engine.trainer import Trainer
 
     started_at = time.monotonic() if started_at is None else started_at
-    plan = plan_dataset(dataset, budget, device, count_planning=True,
+    plan = plan_dataset(dataset, budget, device, count_planning=True, cache_dir=cache_dir, timer=timer,
                         spent_s=max(0.0, time.monotonic() - started_at),
                         log=lambda s: None if s.startswith("  ") else log(s))  # (the timings: `plan -v`)
     table = format_decisions(plan)
