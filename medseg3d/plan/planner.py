@@ -67,11 +67,6 @@ SPATIAL_AUG_STEPS = 1000
 #: same time)
 COVERAGE_WEIGHT, WIDTH_WEIGHT, STEPS_WEIGHT = 2.0, 0.5, 1.0
 ANISO_RATIO = 3.0
-#: the smallest class should span at least this many voxels in a median case at the target spacing (the grid is
-#: refined, at most MAX_REFINE times per axis, when it does not): on the BraTS-like samples a 2.5 ml tumour core
-#: at 42 voxels was never learned in 3 minutes, and was at 310 voxels (2 mm)
-MIN_STRUCTURE_VOXELS = 300
-MAX_REFINE = 2.0
 
 LADDER = {3: {"widths": [8, 16, 24, 32], "fallback_widths": [4], "batches": [2, 4], "min_side": 16,
               "max_side": 256, "quality_voxels": 128 ** 3, "quality_width": 32, "quality_batch": 2},
@@ -147,33 +142,11 @@ def target_spacing(fp: dict) -> tuple[list[float], str, int | None]:
     return [round(float(v), 3) for v in target], why, None
 
 
-def _refine_for_small_structures(fp: dict, spacing: list[float], why: str) -> tuple[list[float], str]:
-    """A finer grid when the smallest class spans too few voxels to be learned at the median spacing (a tumour
-    core of a few dozen voxels is missed): every axis refined by the same factor (at most 2) so that it spans
-    MIN_STRUCTURE_VOXELS."""
-    classes = {n: c for n, c in (fp.get("classes") or {}).items() if c.get("fraction")}
-    if not classes:
-        return spacing, why
-    case_ml = float(np.median([c["voxels"] * c["voxel_volume_ml"] for c in fp["cases"]]))
-    name, c = min(classes.items(), key=lambda nc: nc[1]["fraction"])
-    ml = c["fraction"] * case_ml
-    voxels = ml / (math.prod(spacing) / 1000.0)
-    if voxels >= MIN_STRUCTURE_VOXELS:
-        return spacing, why
-    f = min(MAX_REFINE, (MIN_STRUCTURE_VOXELS / max(voxels, 1e-6)) ** (1 / 3))
-    finer = [round(v / f, 3) for v in spacing]
-    return finer, (f"{why} ({_fmt_mm(spacing)} mm), refined {f:.2f}x: the smallest class, {name} "
-                   f"({ml:.2g} ml in a median case), spans {voxels:.0f} voxels there and "
-                   f"{ml / (math.prod(finer) / 1000.0):.0f} here (a CNN needs a few hundred to learn it)")
-
-
 def planned_geometry(fp: dict) -> dict[str, Any]:
     """The data-side decisions the device benchmark also needs: target ``spacing`` (and why), each case's
     preprocessed ``shapes``, their ``median``, ``dims`` (2 for strongly anisotropic spacing, else 3),
     ``slice_axis``, ``context_slices`` and the spacing ``ratio``."""
-    spacing, why, aniso_axis = target_spacing(fp)
-    if aniso_axis is None:
-        spacing, why = _refine_for_small_structures(fp, spacing, why)
+    spacing, why, _ = target_spacing(fp)
     shapes = shapes_at(fp, spacing)
     median = [float(v) for v in np.median(np.array(shapes), axis=0)]
     ratio = max(spacing) / min(spacing)
