@@ -255,8 +255,14 @@ class Trainer:
         return net.to(self.device)
 
     def _check_patch_fits(self, net: torch.nn.Module) -> None:
-        """A patch must leave the network's deepest level more than one voxel (normalisation in training needs
-        more than one value per channel)."""
+        """A patch must leave the network's deepest level more than one voxel when the network normalises per
+        sample (instance norm, or batch norm on a batch of one): that needs more than one value per channel.
+        A network without such layers (FCN as in the paper) runs at a single voxel."""
+        per_sample = any(isinstance(m, torch.nn.modules.instancenorm._InstanceNorm) for m in net.modules())
+        per_sample |= self.cfg.train.batch_size == 1 and any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        if not per_sample:
+            return
         div = getattr(net, "divisor", 1)
         divs = [div] * len(self.cfg.train.patch_size) if isinstance(div, int) else list(div)
         patch = list(self.cfg.train.patch_size)
@@ -316,6 +322,7 @@ class Trainer:
         cfg, t, d = self.cfg, self.cfg.train, self.dist
         set_determinism(seed=t.seed)
         set_threads(t.threads)
+        net = self._build_model()  # a patch that does not fit the network is refused before any work or file
         self._splits()
         self._datasets()
         self._preprocess_all()
@@ -325,7 +332,6 @@ class Trainer:
                      **self.extra_files}
             atomic_write_all({self.run_dir / name: _text_writer(text) for name, text in files.items()})
 
-        net = self._build_model()
         opt = self._optimizer(net)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
         loss_fn = self._loss()

@@ -29,8 +29,8 @@ at hand. Every choice is a :class:`Decision` with the number behind it:
   intensity, gamma for MRI, noise; rotation and scaling only when the plan has >= 1000 steps and can afford
   them), **normalisation** (CT: clip to the foreground [p0.5, p99.5] and z-score with the dataset's mean/std;
   MRI: z-score per image, inside the nonzero mask when cropping removed more than a quarter of the image),
-  **validation frequency**, **sliding window** (overlap, windows per forward, whether a larger window would
-  be faster).
+  **validation frequency**, **sliding window** (overlap, windows per forward; the window is the training
+  patch: a larger one is timed and reported, not taken, because instance norm sees other statistics in it).
 """
 
 from __future__ import annotations
@@ -497,7 +497,7 @@ def _smallest_structure(ctx: _Planning) -> None:
 
 
 def _plan_window(ctx: _Planning) -> None:
-    """Sliding window: is a window larger than the training patch faster?"""
+    """Sliding window: the training patch, with what a larger window would have cost (reported, not taken)."""
     c, s = ctx.chosen, ctx.setting
     bigger = _larger_window(s, c["patch"], c["depth"])
     if bigger is None or not s.val_shapes:

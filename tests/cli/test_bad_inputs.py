@@ -674,6 +674,20 @@ def train_path_escapes_dataset(env: Env) -> Bad:
 
 
 @row
+def train_patch_too_small_for_depth(env: Env) -> Bad:
+    """Instance norm needs more than one voxel at the deepest level; a patch of 8^3 through three
+    downsamplings leaves one."""
+    cfg = dataset(env)
+    c = yaml.safe_load(cfg.read_text())
+    c["model"]["params"] = {"base_filters": 2, "depth": 3, "norm": "instance"}
+    c["train"]["patch_size"] = [8, 8, 8]
+    cfg.write_text(yaml.safe_dump(c))
+    return train_row(cfg, ["train.patch_size [8, 8, 8] is too small for unet as configured: its deepest level would "
+                           "be a single voxel (the network downsamples by [8, 8, 8]); use a patch of at least "
+                           "[16, 16, 16], or a shallower network"])
+
+
+@row
 def check_target_missing(env: Env) -> Bad:
     p = env.work / "Task01_BrainTumour"
     return Bad(["check", p], [f"{p}: not found; give a dataset folder or a config file"])
