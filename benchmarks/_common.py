@@ -68,7 +68,9 @@ def machine_line() -> str:
 
 # ----------------------------------------------------------------------------------------------- the data
 def brats_config(overrides: list[str] | None = None) -> Config:
-    return load_config(BRATS_CONFIG, overrides or [])
+    """configs/brats_nnn.yaml with a softmax over the BraTS labels (``data.target=labels``; the config trains
+    one sigmoid per region): the same network and windows, and labels that compare voxel by voxel."""
+    return load_config(BRATS_CONFIG, ["data.target=labels", *(overrides or [])])
 
 
 def label_values() -> list[int]:
@@ -100,33 +102,34 @@ def zscore_nonzero(image: np.ndarray) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------------- the network
 def build_network(cfg: Config) -> torch.nn.Module:
-    from medseg3d.engine.trainer import build_model_from_config
+    from medseg3d.bundle import build_network as build
 
-    return build_model_from_config(cfg, len(CHANNELS), len(LABELS))
+    return build(cfg, len(CHANNELS), len(LABELS))
 
 
 def load_network(checkpoint: str | os.PathLike, cfg: Config) -> torch.nn.Module:
     """The network of a medseg3d checkpoint (or run folder)."""
-    from medseg3d.engine.checkpoint import load_checkpoint
-    from medseg3d.engine.trainer import model_from_checkpoint
+    from medseg3d.bundle import load_model
 
-    model, _, _ = model_from_checkpoint(load_checkpoint(checkpoint))
+    model, _ = load_model(checkpoint).build()
     return model.eval()
 
 
 def save_network(model: torch.nn.Module, cfg: Config, path: Path) -> Path:
-    from medseg3d.engine.checkpoint import save_checkpoint
+    from medseg3d.bundle import Head, ModelContract, save_checkpoint
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
-                            "channels": list(CHANNELS), "labels": dict(LABELS), "regions": None}, path)
+    contract = ModelContract(cfg, {"": Head(list(CHANNELS), dict(LABELS))}, (0, 1, 2), model.state_dict())
+    return save_checkpoint(contract, path)
 
 
-def train_briefly(cfg: Config, iters: int, patch: int, seed: int = 0, log=print) -> torch.nn.Module:
+def train_briefly(cfg: Config, iters: int, patch: int, seed: int = 0, log=print, device: str = "cpu",
+                  seeds: tuple[int, ...] = (101, 102)) -> torch.nn.Module:
     """The config's network trained for ``iters`` Adam steps (batch 2, ``patch``³ patches, half of them centred
-    on tumour, random flips, Dice + cross-entropy) on two 1 mm BraTS-size phantoms (seeds 101, 102; the
-    benchmarks segment seed 0). A few hundred steps give a net whose labels are mostly right, which is
-    what comparing engines needs (near-tie logits of a random net exaggerate precision effects)."""
+    on tumour, random flips, Dice + cross-entropy) on 1 mm BraTS-size phantoms (``seeds``; the benchmarks
+    segment seed 0), on ``device``; returned on the CPU. A few hundred steps give a net whose labels are mostly
+    right, which is what comparing engines needs (near-tie logits of a random net exaggerate precision
+    effects)."""
     from medseg3d.engine.losses import build_loss
 
     torch.manual_seed(seed)
@@ -135,11 +138,11 @@ def train_briefly(cfg: Config, iters: int, patch: int, seed: int = 0, log=print)
     lut = np.zeros(max(LABELS.values()) + 1, dtype=np.int64)
     for i, v in enumerate(LABELS.values()):
         lut[v] = i
-    for s in (101, 102):
+    for s in seeds:
         image, label, _ = phantom((240, 240, 155), s)
         cases.append((torch.from_numpy(zscore_nonzero(image)), torch.from_numpy(lut[label]),
                       np.argwhere(label > 0), np.argwhere(image.any(0))))
-    model = build_network(cfg).train()
+    model = build_network(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
     loss_fn = build_loss("dice_ce")
     t0 = time.perf_counter()
@@ -156,13 +159,13 @@ def train_briefly(cfg: Config, iters: int, patch: int, seed: int = 0, log=print)
                     x, y = x.flip(ax + 1), y.flip(ax + 1)
             xs.append(x)
             ys.append(y)
-        loss = loss_fn(model(torch.stack(xs)), torch.stack(ys).float())
+        loss = loss_fn(model(torch.stack(xs).to(device)), torch.stack(ys).float().to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if it % 10 == 0 or it == iters - 1:
             log(f"  train step {it + 1}/{iters}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
-    return model.eval()
+    return model.cpu().eval()
 
 
 def network(cfg: Config, checkpoint: str | None, train_iters: int, train_patch: int, log=print) -> Path:

@@ -260,7 +260,9 @@ class TrainConfig(_Strict):
     val_every: int = Field(1, ge=1, description="validate every N epochs")
     grad_clip: Optional[float] = Field(12.0, gt=0)
     amp: bool = Field(True, description="mixed precision on CUDA")
-    num_workers: int = Field(0, ge=0)
+    num_workers: Optional[int] = Field(None, ge=0, description="DataLoader worker processes that augment while "
+                                       "the step runs (null: none on a CPU, where the step uses the cores; "
+                                       "min(free cores - 1, 12) on a GPU)")
     threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads (null: torch's default; "
                                                           "`medseg3d plan` measures the fastest)")
     device: str = "auto"

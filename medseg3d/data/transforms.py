@@ -123,13 +123,97 @@ class LabelToRegionsd(mt.MapTransform):
         return d
 
 
+#: the elastic displacement field is computed this many times coarser than the patch, then upsampled
+ELASTIC_COARSE = 4
+
+
+class RandSpatialToPatchd(mt.RandomizableTransform, mt.MapTransform):
+    """3D spatial augmentation of a sampled region down to the patch in (at most) one resampling: rotation
+    and/or scaling with probability ``max(rotate_prob, scale_prob)``, elastic deformation with
+    ``elastic_prob`` (independently; both in one elastic resampling with the rotation and scaling folded in).
+    When neither fires the patch is the region's centre crop: MONAI's RandAffined / Rand3DElasticd would resample
+    an identity grid instead, which costs as much as a real deformation (measured: elastic resampling took
+    0.32 of the 0.40 s that augmenting one 128³ brats_nnn patch took on one core) and, where region and patch
+    differ by an odd number of voxels, samples half-way between voxels (a blur).
+
+    The elastic displacement is MONAI's (uniform noise smoothed by a Gaussian of ``sigma`` voxels, times the
+    magnitude, then MONAI's affine grid and resampler) computed on a grid :data:`ELASTIC_COARSE` times coarser
+    (noise smoothed by ``sigma / ELASTIC_COARSE``, scaled by ``ELASTIC_COARSE ** -1.5`` so its spread is the
+    fine field's) and upsampled trilinearly: with sigma >= 9 voxels the field is smooth at that scale, and the
+    smoothing no longer dominates the cost of a patch."""
+
+    def __init__(self, keys: Sequence[str], patch: Sequence[int], rotate_prob: float, scale_prob: float,
+                 rotate_range: float, scale_range: float, elastic_prob: float = 0.0,
+                 elastic_sigma: Sequence[float] = (9.0, 13.0), elastic_magnitude: Sequence[float] = (0.0, 900.0)):
+        mt.MapTransform.__init__(self, keys)
+        mt.RandomizableTransform.__init__(self, prob=1.0)
+        self.affine_prob = max(rotate_prob, scale_prob)
+        self.elastic_prob = elastic_prob
+        rot = [rotate_range] * 3 if rotate_prob > 0 else None
+        scale = [scale_range] * 3 if scale_prob > 0 else None
+        modes = ("bilinear", "nearest")
+        self.crop = mt.CenterSpatialCropd(keys, roi_size=list(patch))
+        self.affine = mt.RandAffined(keys, prob=1.0, rotate_range=rot, scale_range=scale, spatial_size=list(patch),
+                                     mode=modes, padding_mode="zeros")
+        self.patch, self.modes = list(patch), modes
+        self.elastic = mt.Rand3DElastic(prob=1.0, sigma_range=tuple(elastic_sigma),
+                                        magnitude_range=tuple(elastic_magnitude), spatial_size=list(patch),
+                                        padding_mode="zeros")
+        self.elastic_affine = mt.Rand3DElastic(prob=1.0, sigma_range=tuple(elastic_sigma),
+                                               magnitude_range=tuple(elastic_magnitude), rotate_range=rot,
+                                               scale_range=scale, spatial_size=list(patch), padding_mode="zeros")
+        self._fire = (False, False)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        for i, t in enumerate((self.affine, self.elastic, self.elastic_affine)):
+            t.set_random_state(seed=None if seed is None else seed + 1 + i,
+                               state=None if state is None else np.random.RandomState(state.randint(2 ** 31)))
+        return self
+
+    def randomize(self, data=None) -> None:
+        self._fire = (self.R.rand() < self.affine_prob, self.R.rand() < self.elastic_prob)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        self.randomize()
+        affine, elastic = self._fire
+        if elastic:
+            return self._elastic(data, self.elastic_affine if affine else self.elastic)
+        if affine:
+            return self.affine(data)
+        return self.crop(data)
+
+    def elastic_field(self, t: mt.Rand3DElastic) -> torch.Tensor:
+        """A new random displacement field (3, *patch) in voxels (``t``'s random state; also draws its affine)."""
+        from monai.networks.layers import GaussianFilter
+
+        f = ELASTIC_COARSE
+        t.randomize(grid_size=[max(2, -(-n // f)) for n in self.patch])
+        noise = torch.as_tensor(t.rand_offset).unsqueeze(0)
+        smooth = GaussianFilter(spatial_dims=3, sigma=t.sigma / f, truncated=3.0)(noise)
+        field = torch.nn.functional.interpolate(smooth, size=self.patch, mode="trilinear", align_corners=True)[0]
+        return field * (t.magnitude * f ** -1.5)
+
+    def _elastic(self, data: Mapping[Hashable, torch.Tensor], t: mt.Rand3DElastic) -> dict:
+        from monai.transforms.utils import create_grid
+
+        d = dict(data)
+        grid = create_grid(spatial_size=self.patch, backend="torch")
+        grid[:3] += self.elastic_field(t)
+        grid = t.rand_affine_grid(grid=grid)
+        for key, mode in zip(self.keys, self.modes):
+            d[key] = t.resampler(d[key], grid, mode=mode, padding_mode="zeros")
+        return d
+
+
 def augment_transforms(cfg: Config, regions: Mapping[str, Sequence[int]] | None = None) -> list:
     """Random patch sampling (with foreground oversampling) and augmentation, applied after the cache.
 
     Spatial augmentation (rotation, scaling, elastic deformation) never warps the whole volume: in 3D a region
-    ``augment.crop_margin`` times the patch is cropped first and MONAI's RandAffined / Rand3DElasticd resample
-    it with ``spatial_size`` = the patch (keeping the centre, so the corners a rotation brings in come from real
-    image, not padding). With ``regions`` the label becomes region masks (R channels) at the end."""
+    ``augment.crop_margin`` times the patch is cropped first and :class:`RandSpatialToPatchd` resamples it to
+    the patch (keeping the centre, so the corners a rotation brings in come from real image, not padding), or
+    crops the patch from its centre when no spatial transform fires. With ``regions`` the label becomes region
+    masks (R channels) at the end."""
     if cfg.model.spatial_dims == 2:  # 2D/2.5D samples slices from the same cached volumes
         from .slices import slice_sampling_transforms
 
@@ -156,14 +240,17 @@ def augmentation(cfg: Config, spatial_dims: int, regions: Mapping[str, Sequence[
     affine = a.rotate_prob > 0 or a.scale_prob > 0
     elastic = a.elastic_prob > 0 and spatial_dims == 3
     out: list = []
-    if affine:
+    if spatial_dims == 3 and (affine or elastic):
+        out.append(RandSpatialToPatchd(keys, patch, a.rotate_prob, a.scale_prob, a.rotate_range, a.scale_range,
+                                       a.elastic_prob if elastic else 0.0, a.elastic_sigma, a.elastic_magnitude))
+    elif affine:
         out.append(mt.RandAffined(keys=keys, prob=max(a.rotate_prob, a.scale_prob),
                                   rotate_range=[a.rotate_range] * (1 if spatial_dims == 2 else 3)
                                   if a.rotate_prob > 0 else None,
                                   scale_range=[a.scale_range] * spatial_dims if a.scale_prob > 0 else None,
                                   spatial_size=None if elastic else patch,
                                   mode=("bilinear", "nearest"), padding_mode="zeros"))
-    if elastic:
+    elif elastic:
         out.append(mt.Rand3DElasticd(keys=keys, prob=a.elastic_prob, sigma_range=tuple(a.elastic_sigma),
                                      magnitude_range=tuple(a.elastic_magnitude), spatial_size=patch,
                                      mode=("bilinear", "nearest"), padding_mode="zeros"))

@@ -47,7 +47,7 @@ from ..data.slices import resolve_slices
 from ..data.transforms import LoadCased, augment_transforms, preprocess_transforms
 from ..errors import MedsegError, medseg_cause
 from ..io.scan import atomic_write_all
-from ..runtime import cache_root, pick_device, set_threads
+from ..runtime import cache_root, free_cores, pick_device, set_threads
 from . import callbacks as cb
 from . import distributed
 from .loop import Loop, NonFiniteLoss, train_step
@@ -387,7 +387,8 @@ class Trainer:
             n_params = sum(p.numel() for p in net.parameters())
             print(f"run folder: {self.run_dir}", flush=True)
             print(f"model {cfg.model.name} ({n_params / 1e6:.2f} M parameters) on {self.device}"
-                  f"{f' x {d.world_size} processes' if d.enabled else ''}, {torch.get_num_threads()} thread(s); "
+                  f"{f' x {d.world_size} processes' if d.enabled else ''}, {torch.get_num_threads()} thread(s), "
+                  f"{self.workers()} loader worker(s); "
                   + "; ".join(f"{dom.name + ': ' if dom.name else ''}{len(dom.train_cases)} training / "
                               f"{len(dom.val_cases)} validation cases" for dom in self.domains), flush=True)
             if self.resume_from is not None:
@@ -518,6 +519,14 @@ class Trainer:
             return self.domains[it % len(self.domains)]
         return self.domains[sampler.randrange(len(self.domains))]
 
+    def workers(self) -> int:
+        """DataLoader worker processes: ``train.num_workers``, else none on a CPU (the training step uses the
+        cores) and min(free cores - 1, 12) on a GPU (augmentation overlaps the step; nnU-Net uses 12)."""
+        n = self.cfg.train.num_workers
+        if n is not None:
+            return n
+        return 0 if self.device.type == "cpu" else max(0, min(free_cores() - 1, 12))
+
     def _batches(self, dom: DomainData, sampler: random.Random) -> Iterator[dict]:
         """Endless batches of one domain: case indices drawn (with replacement, as nnU-Net) from the seeded
         sampler, each case augmented by the domain's MONAI transforms."""
@@ -525,7 +534,8 @@ class Trainer:
         n = len(dom.train_ds)
         if n == 0:
             raise MedsegError(f"{dom.prefix or ''}no training cases in fold {self.cfg.data.fold}")
-        if t.num_workers == 0:
+        workers = self.workers()
+        if workers == 0:
             while True:
                 idx = [sampler.randrange(n) for _ in range(t.batch_size)]
                 yield list_data_collate([_image_label(dom.train_ds[i]) for i in idx])
@@ -535,7 +545,7 @@ class Trainer:
             while True:
                 yield [sampler.randrange(n) for _ in range(t.batch_size)]
 
-        yield from DataLoader(dom.train_ds, batch_sampler=index_batches(), num_workers=t.num_workers,
+        yield from DataLoader(dom.train_ds, batch_sampler=index_batches(), num_workers=workers,
                               collate_fn=lambda b: list_data_collate([_image_label(x) for x in b]),
                               persistent_workers=True, pin_memory=self.device.type == "cuda")
 

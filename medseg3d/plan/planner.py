@@ -475,7 +475,8 @@ def _plan_training(ctx: _Planning) -> None:
             + ("; rotation and scaling (nnU-Net's p 0.2)" if spatial else
                f"; no rotation/scaling ({iters} steps < {SPATIAL_AUG_STEPS} or not affordable)"), "train.augment")
     if budget_s is not None:
-        ctx.add("budget", f"{budget_s:.0f} s", f"startup {est['startup']:.0f} s (measured imports + 2 s) + "
+        planning = f"planning so far {est['spent']:.0f} s + " if est.get("spent") else ""
+        ctx.add("budget", f"{budget_s:.0f} s", f"{planning}startup {est['startup']:.0f} s (measured imports + 2 s) + "
                 f"preprocessing {est['preprocess']:.1f} s + training {est['training']:.0f} s + validation "
                 f"{est['validation']:.0f} s + final validation {est['final_validation']:.0f} s + epoch bookkeeping "
                 f"{est['epoch_overhead']:.0f} s = {est['total']:.0f} s; train.budget {budget_s:.0f} s: the trainer "

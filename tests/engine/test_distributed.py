@@ -21,7 +21,7 @@ def _cmd(tmp_path, *extra):
 
 
 def test_two_gloo_processes_train_in_step_and_resume(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"}  # a crash shows its stack
     run = tmp_path / "run"
     res = subprocess.run(_cmd(tmp_path, "--run-dir", str(run), "--set", "train.epochs=2"), env=env,
                          capture_output=True, text=True, timeout=900)

@@ -154,7 +154,7 @@ def test_spatial_augmentation_works_on_a_patch_sized_region():
     from monai.data import MetaTensor
     from monai import transforms as mt
 
-    from medseg3d.data.transforms import augment_transforms
+    from medseg3d.data.transforms import RandSpatialToPatchd, augment_transforms
 
     cfg = load_config({"data": {"root": "x", "brats_labels": "2018", "regions": "brats", "target": "regions"},
                        "train": {"patch_size": [16, 16, 16], "augment": {
@@ -162,7 +162,8 @@ def test_spatial_augmentation_works_on_a_patch_sized_region():
     ts = augment_transforms(cfg, cfg.data.regions)
     crop = next(t for t in ts if isinstance(t, mt.RandCropByPosNegLabeld))
     assert list(crop.cropper.spatial_size) == [20, 20, 20]  # 1.25 x the patch, not the volume
-    assert next(t for t in ts if isinstance(t, mt.Rand3DElasticd)).rand_3d_elastic.spatial_size == [16, 16, 16]
+    spatial = next(t for t in ts if isinstance(t, RandSpatialToPatchd))
+    assert spatial.patch == [16, 16, 16] and spatial.elastic.spatial_size == [16, 16, 16]
     aug = mt.Compose(ts)
     aug.set_random_state(0)
     lab = torch.zeros(1, 40, 40, 40)
