@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -26,29 +25,13 @@ if str(ROOT) not in sys.path:
 
 from medseg3d.config import Config, load_config
 from medseg3d.data.synthetic import CHANNELS, LABELS, make_brats_phantom
+from medseg3d.runtime import cpu_model, free_cores
 
 BRATS_CONFIG = ROOT / "configs" / "brats_nnn.yaml"
 CACHE = Path(os.environ.get("MEDSEG3D_CACHE", Path.home() / ".cache" / "medseg3d")) / "benchmarks"
 
 
 # ---------------------------------------------------------------------------------------------- the machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def free_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5, check=False).stdout.strip()

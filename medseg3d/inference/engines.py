@@ -47,7 +47,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -62,8 +61,8 @@ from torch import nn
 
 from ..errors import MedsegError
 from ..io.scan import first_line
-from ..runtime import cache_root, free_cores
 from ..models import MainOutput as _MainOutput
+from ..runtime import cache_root, cpu_model, free_cores
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -75,16 +74,6 @@ _CACHE_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cpu_has_bf16() -> bool:
     """Whether the CPU has native bfloat16 arithmetic (AVX-512 BF16 or AMX)."""
     try:
@@ -413,7 +402,7 @@ class Runner(nn.Module):
         versions, the candidates asked for, and whether the machine was already busy (load above 1.5 x the free
         cores), so quiet and busy times keep their own thread choice."""
         sig = {"net": repr(self.net), "window": list(self.window_shape), "device": self.device.type,
-               "cpu": _cpu_model(), "cores": self._max_threads, "threads": self._threads_fixed,
+               "cpu": cpu_model(), "cores": self._max_threads, "threads": self._threads_fixed,
                "busy": _load()[0] > 1.5 * self._max_threads,
                "torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "openvino": _version("openvino"),
                "candidates": [str(c) for c in self._candidates], "sigmoid": self.sigmoid}

@@ -28,7 +28,6 @@ import functools
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from ..data.fingerprint import cache_root
 from ..errors import MedsegError
 from ..io.scan import atomic_write
+from ..runtime import cpu_model, free_cores, pick_device
 
 Timer = Callable[[str, dict], float]
 
@@ -85,48 +85,16 @@ def step_flops(spec: dict) -> float:
 
 
 # ---- device ---------------------------------------------------------------------------------------------------
-def resolve_device(name: str = "auto") -> torch.device:
-    if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise MedsegError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("device 'cuda' was asked for but CUDA is not available on this machine")
-    return dev
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask, which containers narrow), else os.cpu_count()."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     if device.type == "mps":
         return "mps: Apple GPU"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model}"
+    return f"cpu: {cpu_model()}"
 
 
 def device_key(device: torch.device) -> str:
-    return f"{device_name(device)} | torch {torch.__version__} | {cpu_count()} cpus"
+    return f"{device_name(device)} | torch {torch.__version__} | {free_cores()} cpus"
 
 
 def thread_candidates(n: int) -> list[int]:
@@ -510,7 +478,7 @@ def measure_device(device: str | torch.device = "auto", dims: Sequence[int] = (3
     the image channels (a 2.5D net gets ``in_channels·(2·context_slices + 1)``), ``volume`` the size of a
     typical preprocessed case (the augmentation crops patches from it). ``refresh`` measures anew (replacing
     this device's cached entry), e.g. after the machine's load changed."""
-    dev = resolve_device(str(device))
+    dev = pick_device(str(device))
     timer = timer or real_timer(dev)
     path = cache_root(cache_dir) / "device_benchmark.json"
     key = device_key(dev)
@@ -549,7 +517,7 @@ def measure_device(device: str | torch.device = "auto", dims: Sequence[int] = (3
         ref = _ladder(dev, dims[0])["thread_ref"]
         n_in = in_channels * (2 * context_slices + 1) if dims[0] == 2 else in_channels
         spec = _net_spec(dims[0], ref[0], net_depth(ref[1], ref[0]), ref[1], ref[2], n_in, out_channels)
-        counts = thread_candidates(cpu_count())
+        counts = thread_candidates(free_cores())
         best: dict[int, float] = {}
         for _ in range(2):
             for n in counts:
@@ -558,7 +526,7 @@ def measure_device(device: str | torch.device = "auto", dims: Sequence[int] = (3
         fastest = min(best.values())
         threads = min(n for n in counts if best[n] <= fastest * 1.05)  # fewer threads when as fast
         say(f"threads: {', '.join(f'{n}: {best[n]:.3f}s' for n in counts)} -> {threads}")
-        costs = DeviceCosts(dev.type, device_name(dev), torch.__version__, cpu_count(), threads,
+        costs = DeviceCosts(dev.type, device_name(dev), torch.__version__, free_cores(), threads,
                             {str(n): best[n] for n in counts}, [], load_now)
         costs.add("step", spec, best[threads])
     for d in dims:

@@ -33,7 +33,7 @@ def test_depth_pools_while_the_axis_is_at_least_8():
 
 
 def test_measure_picks_the_fastest_threads_and_caches(tmp_path, monkeypatch):
-    monkeypatch.setattr("medseg3d.plan.benchmark.cpu_count", lambda: 4)
+    monkeypatch.setattr("medseg3d.plan.benchmark.free_cores", lambda: 4)
     calls = []
     costs = measure_device("cpu", dims=(3,), in_channels=4, out_channels=4, volume=[40, 48, 40],
                            timer=fake_timer(calls, best_threads=3), cache_dir=tmp_path)
