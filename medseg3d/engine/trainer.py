@@ -304,7 +304,11 @@ class Trainer:
         """Train; returns the run folder. Errors in the data stop the run before its folder is written."""
         created = not self.run_dir.exists()
         try:
-            return self._fit()
+            out = self._fit()
+            # every rank waits for rank 0's final validation before the process group goes: a rank that tore it
+            # down while the other was still connected was seen to abort in gloo's threads
+            distributed.barrier(self.dist)
+            return out
         except BaseException as e:
             if not self.dist.main:
                 raise
