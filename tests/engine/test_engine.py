@@ -112,6 +112,11 @@ def test_brats_labels_regions_round_trip(convention, values):
     np.testing.assert_array_equal(regions_to_labels(masks.astype(np.float32) * 0.9, regions), label)  # probs
     t = labels_to_regions(torch.as_tensor(label), regions)
     np.testing.assert_array_equal(t.numpy().astype(bool), masks)
+    odd = torch.as_tensor(label).clone()
+    odd[0, 0, :2] = torch.tensor([-1, 99])  # values outside every region (and outside the lookup table)
+    t = labels_to_regions(odd, regions)
+    np.testing.assert_array_equal(t.numpy().astype(bool), labels_to_regions(odd.numpy(), regions))
+    assert not t[:, 0, 0, :2].any()
     if convention == "2018":
         assert region_write_values(regions) == {"WT": 2, "TC": 1, "ET": 4}
 
