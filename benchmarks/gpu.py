@@ -31,6 +31,7 @@ Parts (each prints a table; ``--out`` also writes every number as JSON):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -162,9 +163,8 @@ def bench_train(steps: int, warmup: int) -> list[dict]:
             if dev.type == "cuda":
                 batch = {k: v.pin_memory() for k, v in batch.items()}
 
-            def one():
-                return train_step(net, batch, loss_fn, opt, sched, scaler, device=dev, amp=amp,
-                                  grad_clip=t.grad_clip)
+            one = functools.partial(train_step, net, batch, loss_fn, opt, sched, scaler, device=dev, amp=amp,
+                                    grad_clip=t.grad_clip)
 
             for _ in range(warmup):
                 one()
@@ -180,7 +180,7 @@ def bench_train(steps: int, warmup: int) -> list[dict]:
                          "s_per_iteration": dt, "gpu_util_percent": util.mean,
                          "peak_gpu_gb": peak_gb(),
                          "tflops": flops / dt / 1e12, "patches_per_s": b / dt})
-            del net, opt, scaler, batch
+            del one, net, opt, scaler, batch
             empty_cache()
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, False
     print(f"\n## train: brats_nnn iteration (batch {t.batch_size}, {t.patch_size} patches, regions, "
@@ -197,7 +197,7 @@ def bench_loader(train_rows: list[dict], samples: int) -> dict:
     import train_throughput as T
 
     cfg = brats()
-    per_core, t_pre = T.augmentation_rate(cfg, samples)
+    per_core, _ = T.augmentation_rate(cfg, samples)
     torch.set_num_threads(C.free_cores())
     cores = C.free_cores()
     gpu = {r["precision"] + "/" + r["cudnn"]: r["patches_per_s"] for r in train_rows}
@@ -323,7 +323,7 @@ def bench_trainer(iters_per_epoch: int, step_rows: list[dict]) -> list[dict]:
                    *[a for x in sets for a in ("--set", x)]]
             t0 = time.perf_counter()
             with GpuUtilisation() as util:
-                p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
+                p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT), check=False)
             wall = time.perf_counter() - t0
             text = (p.stdout + p.stderr).strip().splitlines()
             row: dict = {"workers": workers, "exit": p.returncode, "wall_s": wall, "gpu_util_whole_run": util.mean,
@@ -368,7 +368,7 @@ def bench_cli(budget: str) -> dict:
                                "-o", str(tmp / "table.csv")])]
         for name, cmd in steps:
             t0 = time.perf_counter()
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT), check=False)
             out[f"{name}_s"] = time.perf_counter() - t0
             out[f"{name}_exit"] = p.returncode
             tail = (p.stdout + p.stderr).strip().splitlines()
