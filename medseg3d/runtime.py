@@ -53,6 +53,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def loader_workers(device_type: str, cores: int | None = None) -> int:
+    """DataLoader worker processes by default: none on a CPU (the training step uses the cores), min(cores - 1,
+    12) on a GPU, where augmentation overlaps the step (nnU-Net uses 12)."""
+    if device_type == "cpu":
+        return 0
+    return max(0, min((cores or free_cores()) - 1, 12))
+
+
 def set_threads(n: int | None) -> int:
     """Set torch's intra-op threads (never more than the free cores); ``None`` keeps the current setting.
     Returns the number in use."""

@@ -47,7 +47,7 @@ from ..data.slices import resolve_slices
 from ..data.transforms import LoadCased, augment_transforms, preprocess_transforms
 from ..errors import MedsegError, medseg_cause
 from ..io.scan import atomic_write_all
-from ..runtime import cache_root, free_cores, pick_device, set_threads
+from ..runtime import cache_root, loader_workers, pick_device, set_threads
 from . import callbacks as cb
 from . import distributed
 from .loop import Loop, NonFiniteLoss, train_step
@@ -524,12 +524,9 @@ class Trainer:
         return self.domains[sampler.randrange(len(self.domains))]
 
     def workers(self) -> int:
-        """DataLoader worker processes: ``train.num_workers``, else none on a CPU (the training step uses the
-        cores) and min(free cores - 1, 12) on a GPU (augmentation overlaps the step; nnU-Net uses 12)."""
+        """DataLoader worker processes: ``train.num_workers``, else :func:`~medseg3d.runtime.loader_workers`."""
         n = self.cfg.train.num_workers
-        if n is not None:
-            return n
-        return 0 if self.device.type == "cpu" else max(0, min(free_cores() - 1, 12))
+        return loader_workers(self.device.type) if n is None else n
 
     def _batches(self, dom: DomainData, sampler: random.Random) -> Iterator[dict]:
         """Endless batches of one domain: case indices drawn (with replacement, as nnU-Net) from the seeded

@@ -43,6 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import MedsegError
+from ..runtime import loader_workers
 from .benchmark import DeviceCosts, net_depth, parameter_count, unet_params
 
 #: seconds for imports, reading the case list, building the model and the first batch when not measured
@@ -237,9 +238,18 @@ class _Setting:
 
 
 def _cost(costs: DeviceCosts, s: _Setting, patch, base, depth, batch, spatial: bool) -> float:
+    """Seconds per training step: the network's step plus the augmentation of its batch, or, where the trainer
+    runs loader workers (on a GPU), the slower of the step and the batch's augmentation spread over them."""
     step = costs.step_seconds(s.dims, base, depth, patch, batch, s.in_ch, s.out_ch)
     aug = costs.augment_seconds(s.dims, patch, s.volume, s.channels, spatial)
-    return step + batch * aug
+    workers = loader_workers(costs.device, costs.cpus)
+    return max(step, batch * aug / workers) if workers else step + batch * aug
+
+
+def _step_how(costs: DeviceCosts, batch: int) -> str:
+    workers = loader_workers(costs.device, costs.cpus)
+    return (f"the measured step, with the augmentation of {batch} on {workers} loader workers alongside" if workers
+            else f"measured step + augmentation of {batch}")
 
 
 def _val_pass(costs: DeviceCosts, s: _Setting, window, base, depth, overlap: float, sw_batch: int) -> float:
@@ -427,8 +437,8 @@ def _plan_training(ctx: _Planning) -> None:
                               f"with poly decay to 0 at the last planned step")
         want, avail = ctx.schedule["want"], ctx.schedule["avail"]
         steps_because = (f"{budget_s:.0f} s budget: {avail - est['validation'] - est['epoch_overhead']:.0f} s "
-                         f"for training at {c['step_s']:.3f} s/step (measured step + augmentation of "
-                         f"{c['batch']}); the plan wanted >= {want}")
+                         f"for training at {c['step_s']:.3f} s/step ({_step_how(ctx.costs, c['batch'])}); the "
+                         f"plan wanted >= {want}")
         if iters < want:
             steps_because += f" (the budget is too small for {want}; this is the smallest candidate)"
     patch, base, depth, batch = c["patch"], c["base"], c["depth"], c["batch"]

@@ -243,3 +243,26 @@ def test_time_already_spent_comes_off_the_budget(tmp_path, costs3d):
     # the trainer's budget covers the whole command, so both keep the whole 300 s; the late plan trains less
     assert fresh.config["train"]["budget"] == late.config["train"]["budget"] == "300s"
     assert fresh.estimate["training"] - late.estimate["training"] >= 50
+
+
+def test_on_a_gpu_the_loader_workers_augment_alongside_the_step(costs3d):
+    """The same measured costs on a GPU with 16 cores: the trainer runs 12 loader workers there, so a step
+    costs the slower of the network's step and its batch's augmentation over 12 workers, not their sum; the
+    plan gets more steps in the same budget and says why."""
+    import dataclasses
+
+    from medseg3d.plan.planner import _cost, _Setting
+
+    gpu = dataclasses.replace(costs3d, device="cuda", cpus=16)
+    s = _Setting(dims=3, slice_axis=None, context=0, in_ch=1, channels=1, out_ch=3, median=[96, 112, 96],
+                 volume=[96, 112, 96], val_shapes=[])
+    step = costs3d.step_seconds(3, 16, 3, [64, 64, 64], 2, 1, 3)
+    aug = costs3d.augment_seconds(3, [64, 64, 64], [96, 112, 96], 1, False)
+    assert _cost(costs3d, s, [64, 64, 64], 16, 3, 2, False) == pytest.approx(step + 2 * aug)
+    assert _cost(gpu, s, [64, 64, 64], 16, 3, 2, False) == pytest.approx(max(step, 2 * aug / 12))
+    fp = synthetic_fp([1.5, 1.5, 1.5], [128, 150, 128])
+    on_cpu, on_gpu = make_plan(fp, costs3d, 600, "cpu"), make_plan(fp, gpu, 600, "cuda")
+    per_step = lambda p: p.candidate["step_s"]  # noqa: E731
+    assert per_step(on_gpu) <= per_step(on_cpu)
+    assert "12 loader workers" in on_gpu.decision("iterations").because
+    assert "12 loader workers" not in on_cpu.decision("iterations").because
